@@ -1,0 +1,291 @@
+"""Turn arbitrary Python values into JSON bytes for an event payload.
+
+Capture runs on the caller's path at call time, so a later mutation of an
+argument cannot change the record. It must never raise into agent code:
+whatever cannot be serialized is recorded in a readable form instead.
+
+Fast path: one ``orjson.dumps`` call (C speed). Only when that fails, or its
+output might hold something to bound or hide (a long string, a redacted key,
+a non-finite float), does a Python walk build a JSON-safe copy that:
+
+- truncates strings longer than ``max_value_chars`` with a visible marker;
+- cuts containers deeper than ``max_depth`` and longer than ``max_items``
+  (values whose JSON fits in ``max_value_chars`` are kept whole);
+- replaces cycles, unserializable objects (locks, sockets, generators, objects
+  with a broken ``__repr__``) with short descriptive strings;
+- writes bytes as ``{"$bytes": length}``, NaN/inf as ``"NaN"``/``"Infinity"``,
+  integers beyond 64 bits as decimal strings, non-string keys with ``str()``,
+  lone surrogates as backslash escapes;
+- replaces the value under any key in ``redact_keys`` (exact,
+  case-insensitive, any depth) with ``"[REDACTED]"``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import math
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import date, datetime, time
+from decimal import Decimal
+from pathlib import PurePath
+from typing import Any
+from uuid import UUID
+
+import orjson
+
+__all__ = ["DEFAULT_REDACT_KEYS", "REDACTED", "CaptureOptions", "capture", "to_jsonable"]
+
+DEFAULT_REDACT_KEYS = frozenset(
+    {
+        "api_key",
+        "apikey",
+        "authorization",
+        "password",
+        "secret",
+        "access_token",
+        "refresh_token",
+        "cookie",
+    }
+)
+REDACTED = "[REDACTED]"
+
+_OPTS = orjson.OPT_SORT_KEYS
+_NATIVE = (str, int, float, bool, type(None), datetime, date, time, UUID)
+
+
+@dataclass(frozen=True, slots=True)
+class CaptureOptions:
+    """Bounds and redaction for captured values."""
+
+    max_value_chars: int = 20_000
+    max_depth: int = 32
+    max_items: int = 10_000
+    redact_keys: frozenset[str] = DEFAULT_REDACT_KEYS
+    # Derived at construction: one regex finds any redacted key in JSON output.
+    _key_re: re.Pattern[bytes] | None = dataclasses.field(
+        default=None, init=False, repr=False, compare=False
+    )
+
+    def __post_init__(self) -> None:
+        keys = frozenset(k.lower() for k in self.redact_keys)
+        object.__setattr__(self, "redact_keys", keys)
+        if keys:
+            alts = b"|".join(re.escape(orjson.dumps(k)[1:-1]) for k in sorted(keys))
+            object.__setattr__(self, "_key_re", re.compile(b'"(?:' + alts + b')":', re.I))
+
+    def with_redact(self, extra: Iterable[str]) -> CaptureOptions:
+        """These options plus more keys to redact."""
+        return dataclasses.replace(self, redact_keys=self.redact_keys | frozenset(extra))
+
+
+DEFAULT_OPTIONS = CaptureOptions()
+
+
+def capture(value: Any, options: CaptureOptions = DEFAULT_OPTIONS) -> bytes:
+    """Serialize ``value`` to JSON bytes with sorted keys. Never raises."""
+    try:
+        out = orjson.dumps(value, default=_default, option=_OPTS)
+    except TypeError:  # orjson.JSONEncodeError subclasses TypeError
+        return _slow(value, options)
+    if len(out) > options.max_value_chars:
+        return _slow(value, options)
+    if options._key_re is not None and options._key_re.search(out) is not None:
+        return _slow(value, options)
+    if b"null" in out and _has_nonfinite(value, 0):
+        return _slow(value, options)
+    return out
+
+
+def to_jsonable(value: Any, options: CaptureOptions = DEFAULT_OPTIONS) -> Any:
+    """The JSON-safe copy that :func:`capture` serializes on its slow path."""
+    return _Walker(options).walk(value, 0)
+
+
+def _slow(value: Any, options: CaptureOptions) -> bytes:
+    try:
+        return orjson.dumps(_Walker(options).walk(value, 0), option=_OPTS)
+    except Exception as exc:  # the walker's output is JSON-safe; this is a last resort
+        return orjson.dumps({"$unserializable": _describe(value), "error": _safe_str(exc)})
+
+
+def _default(obj: Any) -> Any:
+    """orjson's hook for types it does not know."""
+    if isinstance(obj, (set, frozenset)):
+        return _sorted_list(obj)
+    if isinstance(obj, (bytes, bytearray, memoryview)):
+        return {"$bytes": len(obj)}
+    dump = getattr(obj, "model_dump", None)  # pydantic v2
+    if callable(dump) and not isinstance(obj, type):
+        return dump(mode="json")
+    if isinstance(obj, (Decimal, PurePath)):
+        return str(obj)
+    if isinstance(obj, Mapping):
+        return dict(obj)
+    # Anything else: fail the fast path so the walker records a safe repr.
+    raise TypeError
+
+
+def _has_nonfinite(value: Any, depth: int) -> bool:
+    """Does ``value`` hold a NaN or infinity (which orjson writes as null)?"""
+    # Plain loops: this runs on the hot path whenever a payload holds a null.
+    if isinstance(value, float):
+        return value != value or value in (math.inf, -math.inf)
+    if depth > 64:
+        return False
+    if isinstance(value, dict):
+        value = value.values()
+    elif dataclasses.is_dataclass(value) and not isinstance(value, type):
+        value = [getattr(value, f.name, None) for f in dataclasses.fields(value)]
+    elif not isinstance(value, (list, tuple)):
+        return False
+    for item in value:
+        if (
+            item is not None
+            and not isinstance(item, (str, int))
+            and _has_nonfinite(item, depth + 1)
+        ):
+            return True
+    return False
+
+
+class _Walker:
+    __slots__ = ("_active", "_opts")
+
+    def __init__(self, options: CaptureOptions) -> None:
+        self._opts = options
+        # Containers on the current path only: a value shared by two branches
+        # is fine, one that contains itself is a cycle.
+        self._active: set[int] = set()
+
+    def walk(self, v: Any, depth: int) -> Any:
+        if v is None or isinstance(v, bool):
+            return v
+        if isinstance(v, str):
+            return self._str(v)
+        if isinstance(v, int):
+            return _int(v)
+        if isinstance(v, float):
+            if math.isfinite(v):
+                return v
+            return "NaN" if math.isnan(v) else ("Infinity" if v > 0 else "-Infinity")
+        if isinstance(v, (datetime, date, time, UUID)):
+            return v
+        if isinstance(v, enum.Enum):
+            return self.walk(v.value, depth)
+        if isinstance(v, (bytes, bytearray, memoryview)):
+            return {"$bytes": len(v)}
+        if depth >= self._opts.max_depth:
+            return f"<max depth {self._opts.max_depth} reached: {type(v).__name__}>"
+        ident = id(v)
+        if ident in self._active:
+            return f"<cycle: {type(v).__name__}>"
+        self._active.add(ident)
+        try:
+            return self._container(v, depth)
+        finally:
+            self._active.discard(ident)
+
+    def _container(self, v: Any, depth: int) -> Any:
+        if isinstance(v, Mapping):
+            return self._mapping(v.items(), len(v), depth)
+        if isinstance(v, (list, tuple)):
+            return self._sequence(v, len(v), depth)
+        if isinstance(v, (set, frozenset)):
+            return self._sequence(_sorted_list(v), len(v), depth)
+        if dataclasses.is_dataclass(v) and not isinstance(v, type):
+            fields = dataclasses.fields(v)
+            items = ((f.name, getattr(v, f.name, None)) for f in fields)
+            return self._mapping(items, len(fields), depth)
+        try:
+            converted = _default(v)
+        except Exception:
+            return _describe(v, self._opts.max_value_chars)
+        return self.walk(converted, depth)
+
+    def _mapping(self, items: Iterable[tuple[Any, Any]], n: int, depth: int) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        redact = self._opts.redact_keys
+        limit = self._opts.max_items
+        for i, (k, val) in enumerate(items):
+            if i >= limit:
+                out["$truncated"] = f"{n - limit} more items"
+                break
+            key = self._key(k)
+            if key in out:  # e.g. {1: .., "1": ..}: keep both, visibly
+                key = f"{key} ({type(k).__name__})"
+            if key.lower() in redact:
+                out[key] = REDACTED
+            else:
+                out[key] = self.walk(val, depth + 1)
+        return out
+
+    def _sequence(self, seq: Iterable[Any], n: int, depth: int) -> list[Any]:
+        out: list[Any] = []
+        limit = self._opts.max_items
+        for i, item in enumerate(seq):
+            if i >= limit:
+                out.append(f"<{n - limit} more items>")
+                break
+            out.append(self.walk(item, depth + 1))
+        return out
+
+    def _key(self, k: Any) -> str:
+        if isinstance(k, str):
+            return self._str(k)
+        if isinstance(k, enum.Enum):
+            k = k.value
+        if k is None or isinstance(k, (bool, int, float)):
+            return orjson.dumps(self.walk(k, 0)).decode().strip('"')
+        if isinstance(k, (datetime, date, time)):
+            return k.isoformat()
+        return self._str(_describe(k, 200))
+
+    def _str(self, s: str) -> str:
+        limit = self._opts.max_value_chars
+        if len(s) > limit:
+            s = f"{s[:limit]}…[truncated {len(s) - limit} chars]"
+        try:
+            s.encode("utf-8")
+        except UnicodeEncodeError:  # lone surrogates: keep them visible, not lost
+            s = s.encode("utf-8", "backslashreplace").decode("utf-8")
+        return s
+
+
+def _int(v: int) -> int | str:
+    if -(2**63) <= v < 2**64:
+        return v
+    try:
+        return str(v)
+    except ValueError:  # beyond sys.get_int_max_str_digits()
+        return f"<int with {v.bit_length()} bits>"
+
+
+def _sorted_list(values: Iterable[Any]) -> list[Any]:
+    items = list(values)
+    try:
+        return sorted(items)
+    except TypeError:
+        return items
+
+
+def _describe(obj: Any, limit: int = 1000) -> str:
+    """A readable stand-in for an object that has no JSON form."""
+    try:
+        text = repr(obj)
+    except Exception as exc:
+        return f"<unrepresentable {type(obj).__qualname__}: {_safe_str(exc)}>"
+    if not isinstance(text, str):
+        return f"<unrepresentable {type(obj).__qualname__}>"
+    if len(text) > limit:
+        text = f"{text[:limit]}…[truncated {len(text) - limit} chars]"
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _safe_str(exc: BaseException) -> str:
+    try:
+        return f"{type(exc).__name__}: {exc}"[:500]
+    except Exception:
+        return type(exc).__name__

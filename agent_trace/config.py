@@ -1,0 +1,111 @@
+"""Process-wide settings: which store, how durable, how much to buffer.
+
+``configure()`` replaces the settings; the recorder reads them when it
+starts and switches stores after flushing what the old one was owed.
+Reading the environment (``AGENT_TRACE_STORE``) happens on first use, not at
+import, so a test or a script can set it late.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields, replace
+from typing import TYPE_CHECKING, Any, Literal
+
+from agent_trace.capture import DEFAULT_REDACT_KEYS, CaptureOptions
+
+if TYPE_CHECKING:
+    from agent_trace.stores.base import EventStore
+
+__all__ = ["DEFAULT_STORE_URL", "Settings", "configure", "get_settings"]
+
+DEFAULT_STORE_URL = "sqlite:///agent_trace.db"
+Durability = Literal["batched", "immediate"]
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything ``configure()`` accepts. Defaults suit a production agent."""
+
+    store: str | EventStore = DEFAULT_STORE_URL
+    durability: Durability = "batched"
+    max_buffer: int = 100_000
+    batch_size: int = 5_000
+    flush_interval: float = 0.05
+    flush_on_session_end: bool = True
+    flush_timeout: float = 30.0
+    exit_timeout: float = 10.0
+    auto_session: bool = False
+    max_value_chars: int = 20_000
+    max_depth: int = 32
+    max_items: int = 10_000
+    redact_keys: frozenset[str] = DEFAULT_REDACT_KEYS
+    capture: CaptureOptions = field(default_factory=CaptureOptions, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.durability not in ("batched", "immediate"):
+            raise ValueError(
+                f"durability must be 'batched' or 'immediate', got {self.durability!r}"
+            )
+        for name in ("max_buffer", "batch_size"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")
+        for name in ("flush_interval", "flush_timeout", "exit_timeout"):
+            if float(getattr(self, name)) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
+        keys = frozenset(k.lower() for k in self.redact_keys)
+        object.__setattr__(self, "redact_keys", keys)
+        object.__setattr__(
+            self,
+            "capture",
+            CaptureOptions(
+                max_value_chars=self.max_value_chars,
+                max_depth=self.max_depth,
+                max_items=self.max_items,
+                redact_keys=keys,
+            ),
+        )
+
+
+_OPTION_NAMES = frozenset(f.name for f in fields(Settings)) - {"capture"}
+_settings: Settings | None = None
+
+
+def get_settings() -> Settings:
+    """The settings in force (built from the environment on first use)."""
+    global _settings
+    if _settings is None:
+        _settings = Settings(store=os.environ.get("AGENT_TRACE_STORE") or DEFAULT_STORE_URL)
+    return _settings
+
+
+def configure(store: str | EventStore | None = None, **options: Any) -> Settings:
+    """Set the process default store and recorder options; returns the settings.
+
+    Options not given keep their current value. Pending events are flushed to
+    the previous store before a new store takes over.
+    """
+    unknown = set(options) - _OPTION_NAMES
+    if unknown:
+        raise TypeError(
+            f"configure() got unknown option(s) {sorted(unknown)}; "
+            f"known: {sorted(_OPTION_NAMES - {'store'})}"
+        )
+    if "redact_keys" in options:
+        keys = options["redact_keys"]
+        if isinstance(keys, str):
+            raise TypeError("redact_keys must be a collection of key names, not a str")
+        options["redact_keys"] = frozenset(keys)
+    if store is not None:
+        options["store"] = store
+    new = replace(get_settings(), **options)
+    from agent_trace.recorder import get_recorder
+
+    get_recorder().reconfigure(new)
+    _set(new)
+    return new
+
+
+def _set(settings: Settings) -> None:
+    global _settings
+    _settings = settings

@@ -1,0 +1,615 @@
+"""``record_tool``, ``record_llm``, ``record_decision``: one wrapping core.
+
+Every decorator is the same ``wrapt`` wrapper — dispatch on the function kind
+(async, sync, generator, async generator), span push/pop, timing, error
+capture — plus a small ``CallKind`` that says which events to emit and what
+goes in their payloads. A new kind of recorded call is a new ``CallKind``.
+
+Recording never changes what the agent does: the wrapped function gets the
+same arguments, and its caller gets the same return value, the same exception
+object (re-raised, traceback intact) and the same cancellation. Outside a
+session the function runs unchanged and nothing is recorded.
+"""
+
+from __future__ import annotations
+
+import inspect
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, TypeVar, overload
+
+import wrapt
+
+from agent_trace.capture import CaptureOptions, capture
+from agent_trace.context import _session, _span, session
+from agent_trace.events import new_span_id
+from agent_trace.recorder import Recorder, get_recorder
+
+__all__ = ["CallKind", "record_decision", "record_llm", "record_tool"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+_perf = time.perf_counter
+
+
+@dataclass(frozen=True, slots=True)
+class CallKind:
+    """What one decorator records: its event types and payload fields."""
+
+    label: str
+    started: str | None  # None: the call is one fact, emitted at the end
+    succeeded: str
+    failed: str
+    name_key: str
+    # (recorded function, bound args) -> fields every event of the call carries
+    common: Callable[[_Recorded, dict[str, Any]], dict[str, Any]]
+    # (recorded function, bound args, result) -> fields of the success event
+    outcome: Callable[[_Recorded, dict[str, Any], Any], dict[str, Any]]
+
+
+# --- the wrapping core -------------------------------------------------------
+
+
+class _Recorded:
+    """Per decorated function: its name, kind, options and argument binder."""
+
+    __slots__ = (
+        "capture_args",
+        "capture_result",
+        "defaults",
+        "kind",
+        "model",
+        "name",
+        "names",
+        "opts_redact",
+        "signature",
+        "simple",
+        "usage",
+    )
+
+    def __init__(
+        self,
+        func: Callable[..., Any],
+        kind: CallKind,
+        name: str | None,
+        capture_args: bool,
+        capture_result: bool,
+        redact: Iterable[str],
+        model: str | None = None,
+        usage: Callable[[Any], Mapping[str, Any] | None] | None = None,
+    ) -> None:
+        self.kind = kind
+        self.name = name or getattr(func, "__name__", None) or repr(func)
+        self.capture_args = capture_args
+        self.capture_result = capture_result
+        self.opts_redact = frozenset(k.lower() for k in redact)
+        self.model = model
+        self.usage = usage
+        try:
+            self.signature: inspect.Signature | None = inspect.signature(func)
+        except (TypeError, ValueError):  # some builtins have no signature
+            self.signature = None
+        params = list(self.signature.parameters.values()) if self.signature else []
+        positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+        self.names = tuple(p.name for p in params if p.kind in positional)
+        self.simple = self.signature is not None and all(
+            p.kind in (*positional, inspect.Parameter.KEYWORD_ONLY) for p in params
+        )
+        self.defaults = {
+            p.name: p.default for p in params if p.default is not inspect.Parameter.empty
+        }
+
+    def options(self, rec: Recorder) -> CaptureOptions:
+        opts = rec.settings.capture
+        return opts.with_redact(self.opts_redact) if self.opts_redact else opts
+
+    def bind(self, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
+        """Map parameter names to values, defaults applied, ``self``/``cls`` left out."""
+        if not self.capture_args:
+            return {}
+        # wrapt has already taken self/cls off ``args`` for bound methods.
+        skip = 1 if instance is not None and self.names else 0
+        names = self.names[skip:] if skip else self.names
+        if self.simple and len(args) <= len(names):
+            bound = dict(zip(names, args, strict=False))
+            if kwargs:
+                bound.update(kwargs)
+            for k, v in self.defaults.items():
+                if k not in bound and (not skip or k != self.names[0]):
+                    bound[k] = v
+            return bound
+        if self.signature is None:
+            return {"args": list(args), "kwargs": dict(kwargs)}
+        try:
+            ba = self.signature.bind(*((instance,) if skip else ()), *args, **kwargs)
+        except TypeError:  # the call itself is wrong; the function will say so
+            return {"args": list(args), "kwargs": dict(kwargs)}
+        ba.apply_defaults()
+        bound = dict(ba.arguments)
+        if skip:
+            bound.pop(self.names[0], None)
+        return bound
+
+
+class _Call:
+    """One recorded call in flight: emits its events and owns its span."""
+
+    __slots__ = ("args", "fields", "opts", "parent", "rec", "recorded", "session_id", "span", "t0")
+
+    def __init__(self, recorded: _Recorded, session_id: str, args: dict[str, Any]) -> None:
+        self.recorded = recorded
+        self.rec = rec = get_recorder()
+        self.session_id = session_id
+        self.args = args
+        outer = _span.get()
+        self.parent = outer[0] if outer is not None else None
+        self.span = (new_span_id(), self.parent)
+        self.opts = recorded.options(rec)
+        self.fields = recorded.kind.common(recorded, args)
+        self.t0 = 0.0
+
+    def _emit(self, event_type: str, body: dict[str, Any]) -> int:
+        return self.rec.emit(
+            self.session_id, event_type, capture(body, self.opts), self.span[0], self.parent
+        )
+
+    def start(self) -> int:
+        """Emit the started event (if the kind has one) and start the clock."""
+        kind = self.recorded.kind
+        n = 0
+        if kind.started is not None:
+            body = {kind.name_key: self.recorded.name, **self.fields}
+            body["args"] = self.args if self.recorded.capture_args else None
+            n = self._emit(kind.started, body)
+        self.t0 = _perf()
+        return n
+
+    def succeed(self, result: Any, extra: dict[str, Any] | None = None) -> int:
+        ms = (_perf() - self.t0) * 1000
+        recorded = self.recorded
+        kind = recorded.kind
+        body = {kind.name_key: recorded.name, **self.fields}
+        body.update(kind.outcome(recorded, self.args, result))
+        if extra:
+            body.update(extra)
+        body["duration_ms"] = ms
+        return self._emit(kind.succeeded, body)
+
+    def fail(self, exc: BaseException) -> int:
+        ms = (_perf() - self.t0) * 1000
+        kind = self.recorded.kind
+        body = {kind.name_key: self.recorded.name, **self.fields}
+        body["error_type"] = type(exc).__name__
+        body["error"] = _error_text(exc)
+        body["duration_ms"] = ms
+        return self._emit(kind.failed, body)
+
+
+def _begin(
+    recorded: _Recorded, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> _Call | None:
+    sess = _session.get()
+    if sess is None:
+        return None
+    return _Call(recorded, sess.id, recorded.bind(instance, args, kwargs))
+
+
+def _auto_session() -> bool:
+    return get_recorder().settings.auto_session
+
+
+def _immediate(call: _Call) -> bool:
+    return call.rec.settings.durability == "immediate"
+
+
+def _sync_wrapper(recorded: _Recorded) -> Callable[..., Any]:
+    def wrapper(wrapped: Callable[..., Any], instance: Any, args: Any, kwargs: Any) -> Any:
+        call = _begin(recorded, instance, args, kwargs)
+        if call is None:
+            if not _auto_session():
+                return wrapped(*args, **kwargs)
+            with session():
+                return wrapper(wrapped, instance, args, kwargs)
+        n = call.start()
+        if n and _immediate(call):
+            call.rec.wait_sync(n)
+        token = _span.set(call.span)
+        try:
+            result = wrapped(*args, **kwargs)
+        except BaseException as exc:
+            _span.reset(token)
+            n = call.fail(exc)
+            if _immediate(call):
+                call.rec.wait_sync(n)
+            raise
+        _span.reset(token)
+        n = call.succeed(result if recorded.capture_result else None)
+        if _immediate(call):
+            call.rec.wait_sync(n)
+        return result
+
+    return wrapper
+
+
+def _async_wrapper(recorded: _Recorded) -> Callable[..., Any]:
+    async def run(call: _Call, wrapped: Callable[..., Any], args: Any, kwargs: Any) -> Any:
+        rec = call.rec
+        if rec.is_full():
+            await rec.wait_for_room()
+        immediate = _immediate(call)
+        n = call.start()
+        if n and immediate:
+            await rec.wait(n)
+        token = _span.set(call.span)
+        try:
+            result = await wrapped(*args, **kwargs)
+        except BaseException as exc:
+            _span.reset(token)
+            n = call.fail(exc)
+            # Cancelled: don't await again inside the cancellation; the event
+            # is queued and the writer makes it durable shortly.
+            if immediate and isinstance(exc, Exception):
+                await rec.wait(n)
+            raise
+        _span.reset(token)
+        n = call.succeed(result if recorded.capture_result else None)
+        if immediate:
+            await rec.wait(n)
+        return result
+
+    async def auto(wrapped: Callable[..., Any], instance: Any, args: Any, kwargs: Any) -> Any:
+        async with session():
+            return await wrapper(wrapped, instance, args, kwargs)
+
+    def wrapper(wrapped: Callable[..., Any], instance: Any, args: Any, kwargs: Any) -> Any:
+        call = _begin(recorded, instance, args, kwargs)
+        if call is None:
+            if not _auto_session():
+                return wrapped(*args, **kwargs)
+            return auto(wrapped, instance, args, kwargs)
+        return run(call, wrapped, args, kwargs)
+
+    return wrapper
+
+
+def _gen_wrapper(recorded: _Recorded) -> Callable[..., Any]:
+    def drive(call: _Call, gen: Any) -> Any:
+        stream = _Stream(call)
+        to_send: Any = None
+        to_throw: BaseException | None = None
+        while True:
+            token = _span.set(call.span)
+            try:
+                if to_throw is not None:
+                    exc, to_throw = to_throw, None
+                    item = gen.throw(exc)
+                else:
+                    item = gen.send(to_send)
+            except StopIteration as stop:
+                _span.reset(token)
+                stream.end(complete=True)
+                return stop.value
+            except BaseException as exc:
+                _span.reset(token)
+                call.fail(exc)
+                raise
+            _span.reset(token)
+            stream.add(item)
+            try:
+                to_send = yield item
+            except GeneratorExit:
+                stream.end(complete=False)
+                gen.close()
+                raise
+            except BaseException as exc:
+                to_throw, to_send = exc, None
+
+    def auto(wrapped: Callable[..., Any], instance: Any, args: Any, kwargs: Any) -> Any:
+        with session():
+            return (yield from wrapper(wrapped, instance, args, kwargs))
+
+    def wrapper(wrapped: Callable[..., Any], instance: Any, args: Any, kwargs: Any) -> Any:
+        call = _begin(recorded, instance, args, kwargs)
+        if call is None:
+            if not _auto_session():
+                return wrapped(*args, **kwargs)
+            return auto(wrapped, instance, args, kwargs)
+        return drive(call, wrapped(*args, **kwargs))
+
+    return wrapper
+
+
+def _asyncgen_wrapper(recorded: _Recorded) -> Callable[..., Any]:
+    async def drive(call: _Call, agen: Any) -> Any:
+        stream = _Stream(call)
+        to_send: Any = None
+        to_throw: BaseException | None = None
+        while True:
+            token = _span.set(call.span)
+            try:
+                if to_throw is not None:
+                    exc, to_throw = to_throw, None
+                    item = await agen.athrow(exc)
+                else:
+                    item = await agen.asend(to_send)
+            except StopAsyncIteration:
+                _span.reset(token)
+                stream.end(complete=True)
+                return
+            except BaseException as exc:
+                _span.reset(token)
+                call.fail(exc)
+                raise
+            _span.reset(token)
+            stream.add(item)
+            try:
+                to_send = yield item
+            except GeneratorExit:
+                stream.end(complete=False)
+                await agen.aclose()
+                raise
+            except BaseException as exc:
+                to_throw, to_send = exc, None
+
+    async def auto(wrapped: Callable[..., Any], instance: Any, args: Any, kwargs: Any) -> Any:
+        async with session():
+            agen = wrapper(wrapped, instance, args, kwargs)
+            try:
+                async for item in agen:
+                    yield item
+            finally:
+                await agen.aclose()
+
+    def wrapper(wrapped: Callable[..., Any], instance: Any, args: Any, kwargs: Any) -> Any:
+        call = _begin(recorded, instance, args, kwargs)
+        if call is None:
+            if not _auto_session():
+                return wrapped(*args, **kwargs)
+            return auto(wrapped, instance, args, kwargs)
+        return drive(call, wrapped(*args, **kwargs))
+
+    return wrapper
+
+
+class _Stream:
+    """Collects a generator's items and emits the call's events around them."""
+
+    __slots__ = ("call", "chunks", "first_ms")
+
+    def __init__(self, call: _Call) -> None:
+        self.call = call
+        self.chunks: list[Any] = []
+        self.first_ms: float | None = None
+        call.start()
+
+    def add(self, item: Any) -> None:
+        if self.first_ms is None:
+            self.first_ms = (_perf() - self.call.t0) * 1000
+        if self.call.recorded.capture_result:
+            self.chunks.append(item)
+
+    def end(self, complete: bool) -> None:
+        chunks = self.chunks
+        result: Any = chunks
+        if chunks and all(isinstance(c, str) for c in chunks):
+            result = "".join(chunks)
+        elif not self.call.recorded.capture_result:
+            result = None
+        extra = {
+            "chunks": len(chunks),
+            "time_to_first_chunk_ms": self.first_ms,
+            "status": "complete" if complete else "incomplete",
+        }
+        self.call.succeed(result, extra)
+
+
+_DISPATCH = (
+    (inspect.isasyncgenfunction, _asyncgen_wrapper),
+    (inspect.iscoroutinefunction, _async_wrapper),
+    (inspect.isgeneratorfunction, _gen_wrapper),
+)
+
+
+def _decorate(func: Any, recorded_for: Callable[[Callable[..., Any]], _Recorded]) -> Any:
+    target = func.__func__ if isinstance(func, (classmethod, staticmethod)) else func
+    if not callable(target):
+        raise TypeError(f"agent_trace decorators wrap functions, got {type(func).__name__}")
+    recorded = recorded_for(target)
+    make = _sync_wrapper
+    for test, maker in _DISPATCH:
+        if test(target):
+            make = maker
+            break
+    return wrapt.FunctionWrapper(func, make(recorded))
+
+
+# --- the three kinds -----------------------------------------------------------
+
+
+def _no_fields(recorded: _Recorded, args: dict[str, Any]) -> dict[str, Any]:
+    return {}
+
+
+def _tool_outcome(recorded: _Recorded, args: dict[str, Any], result: Any) -> dict[str, Any]:
+    return {"result": result}
+
+
+def _llm_fields(recorded: _Recorded, args: dict[str, Any]) -> dict[str, Any]:
+    model = recorded.model
+    if model is None:
+        arg_model = args.get("model")
+        model = arg_model if isinstance(arg_model, str) else None
+    return {"model": model}
+
+
+def _llm_outcome(recorded: _Recorded, args: dict[str, Any], result: Any) -> dict[str, Any]:
+    usage = None
+    if recorded.usage is not None:
+        try:
+            usage = recorded.usage(result)
+        except Exception:  # a user's usage= callable must not break the agent
+            usage = None
+    if usage is None:
+        items = result if isinstance(result, list) else [result]
+        for item in reversed(items):  # streams report usage on the last chunk
+            usage = extract_usage(item)
+            if usage:
+                break
+    return {"response": result, "usage": dict(usage or {})}
+
+
+def _decision_outcome(recorded: _Recorded, args: dict[str, Any], result: Any) -> dict[str, Any]:
+    if isinstance(result, Mapping):
+        reasoning = result.get("reasoning")
+    else:
+        reasoning = getattr(result, "reasoning", None)
+    return {
+        "args": args if recorded.capture_args else None,
+        "choice": result,
+        "reasoning": reasoning,
+    }
+
+
+TOOL = CallKind(
+    "tool", "tool_started", "tool_executed", "tool_failed", "tool", _no_fields, _tool_outcome
+)
+LLM = CallKind(
+    "llm", "llm_started", "llm_responded", "llm_failed", "name", _llm_fields, _llm_outcome
+)
+DECISION = CallKind(
+    "decision", None, "decision_made", "decision_failed", "decision", _no_fields, _decision_outcome
+)
+
+
+def extract_usage(response: Any) -> dict[str, int]:
+    """Token usage from an OpenAI, Anthropic or ``{"usage": {...}}`` shaped response."""
+    if isinstance(response, Mapping):
+        usage = response.get("usage")
+    else:
+        usage = getattr(response, "usage", None)
+    if usage is None:
+        return {}
+
+    def get(key: str) -> Any:
+        v = usage.get(key) if isinstance(usage, Mapping) else getattr(usage, key, None)
+        return v if isinstance(v, int) and not isinstance(v, bool) else None
+
+    inp = get("input_tokens")
+    if inp is None:
+        inp = get("prompt_tokens")
+    out = get("output_tokens")
+    if out is None:
+        out = get("completion_tokens")
+    total = get("total_tokens")
+    if total is None and inp is not None and out is not None:
+        total = inp + out
+    found = {"input_tokens": inp, "output_tokens": out, "total_tokens": total}
+    return {k: v for k, v in found.items() if v is not None}
+
+
+# --- public decorators ---------------------------------------------------------
+
+
+def _make(kind: CallKind, **kind_opts: Any) -> Callable[[F], F]:
+    def decorator(func: F) -> F:
+        return _decorate(func, lambda target: _Recorded(target, kind, **kind_opts))
+
+    return decorator
+
+
+@overload
+def record_tool(func: F, /) -> F: ...
+@overload
+def record_tool(
+    *,
+    name: str | None = None,
+    capture_args: bool = True,
+    capture_result: bool = True,
+    redact: Iterable[str] = (),
+) -> Callable[[F], F]: ...
+def record_tool(
+    func: Any = None,
+    /,
+    *,
+    name: str | None = None,
+    capture_args: bool = True,
+    capture_result: bool = True,
+    redact: Iterable[str] = (),
+) -> Any:
+    """Record each call as ``tool_started`` then ``tool_executed`` or ``tool_failed``."""
+    deco = _make(
+        TOOL, name=name, capture_args=capture_args, capture_result=capture_result, redact=redact
+    )
+    return deco if func is None else deco(func)
+
+
+@overload
+def record_decision(func: F, /) -> F: ...
+@overload
+def record_decision(
+    *,
+    name: str | None = None,
+    capture_args: bool = True,
+    capture_result: bool = True,
+    redact: Iterable[str] = (),
+) -> Callable[[F], F]: ...
+def record_decision(
+    func: Any = None,
+    /,
+    *,
+    name: str | None = None,
+    capture_args: bool = True,
+    capture_result: bool = True,
+    redact: Iterable[str] = (),
+) -> Any:
+    """Record each call as one ``decision_made`` (choice = the return value) or
+    ``decision_failed``. ``reasoning`` is taken from the result's ``reasoning``
+    key or attribute when it has one."""
+    deco = _make(
+        DECISION, name=name, capture_args=capture_args, capture_result=capture_result, redact=redact
+    )
+    return deco if func is None else deco(func)
+
+
+@overload
+def record_llm(func: F, /) -> F: ...
+@overload
+def record_llm(
+    *,
+    name: str | None = None,
+    model: str | None = None,
+    usage: Callable[[Any], Mapping[str, Any] | None] | None = None,
+    capture_args: bool = True,
+    capture_result: bool = True,
+    redact: Iterable[str] = (),
+) -> Callable[[F], F]: ...
+def record_llm(
+    func: Any = None,
+    /,
+    *,
+    name: str | None = None,
+    model: str | None = None,
+    usage: Callable[[Any], Mapping[str, Any] | None] | None = None,
+    capture_args: bool = True,
+    capture_result: bool = True,
+    redact: Iterable[str] = (),
+) -> Any:
+    """Record each call as ``llm_started`` then ``llm_responded`` (with ``usage``)
+    or ``llm_failed``. Async generators are recorded as one streamed response."""
+    deco = _make(
+        LLM,
+        name=name,
+        model=model,
+        usage=usage,
+        capture_args=capture_args,
+        capture_result=capture_result,
+        redact=redact,
+    )
+    return deco if func is None else deco(func)
+
+
+def _error_text(exc: BaseException) -> str:
+    try:
+        return str(exc)[:2000]
+    except Exception:
+        return "<str() failed>"

@@ -1,0 +1,213 @@
+"""The event record, its ids, timestamps and the per-session hash chain.
+
+Pure data and pure functions: no I/O, no global state beyond a monotonic id
+counter. Stores and the recorder build on this; nothing here imports them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+import orjson
+
+__all__ = [
+    "AgentEvent",
+    "GENESIS_HASH",
+    "canonical_bytes",
+    "compute_hash",
+    "format_timestamp",
+    "new_span_id",
+    "payload_bytes",
+    "uuid7",
+    "validate_event_type",
+    "validate_session_id",
+]
+
+GENESIS_HASH = "0" * 64
+
+
+@dataclass(frozen=True, slots=True)
+class AgentEvent:
+    """One immutable fact in a session's history.
+
+    ``version``, ``position``, ``prev_hash`` and ``hash`` are assigned by the
+    store at append; events built before that carry 0 and "".
+    """
+
+    event_id: str
+    session_id: str
+    event_type: str
+    timestamp: str
+    payload: dict[str, Any] = field(default_factory=dict)
+    version: int = 0
+    position: int = 0
+    span_id: str | None = None
+    parent_span_id: str | None = None
+    schema_version: int = 1
+    prev_hash: str = ""
+    hash: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        """All fields as a plain dict (the JSONL/export form)."""
+        return {
+            "event_id": self.event_id,
+            "session_id": self.session_id,
+            "event_type": self.event_type,
+            "timestamp": self.timestamp,
+            "payload": self.payload,
+            "version": self.version,
+            "position": self.position,
+            "span_id": self.span_id,
+            "parent_span_id": self.parent_span_id,
+            "schema_version": self.schema_version,
+            "prev_hash": self.prev_hash,
+            "hash": self.hash,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> AgentEvent:
+        """Inverse of :meth:`to_dict`; missing store-assigned fields default."""
+        return cls(
+            event_id=d["event_id"],
+            session_id=d["session_id"],
+            event_type=d["event_type"],
+            timestamp=d["timestamp"],
+            payload=d.get("payload") or {},
+            version=d.get("version", 0),
+            position=d.get("position", 0),
+            span_id=d.get("span_id"),
+            parent_span_id=d.get("parent_span_id"),
+            schema_version=d.get("schema_version", 1),
+            prev_hash=d.get("prev_hash", ""),
+            hash=d.get("hash", ""),
+        )
+
+
+# --- hash chain (SPEC 8) ---------------------------------------------------
+
+
+def payload_bytes(payload: dict[str, Any]) -> bytes:
+    """The canonical JSON of a payload: orjson, sorted keys."""
+    return orjson.dumps(payload, option=orjson.OPT_SORT_KEYS)
+
+
+def canonical_bytes(event: AgentEvent, *, payload_json: bytes | None = None) -> bytes:
+    """orjson with sorted keys over every field except ``position`` and ``hash``.
+
+    ``payload_json`` lets a store that already serialized the payload (sorted
+    keys) reuse those bytes instead of serializing twice.
+    """
+    if payload_json is None:
+        payload_json = payload_bytes(event.payload)
+    return orjson.dumps(
+        {
+            "event_id": event.event_id,
+            "event_type": event.event_type,
+            "parent_span_id": event.parent_span_id,
+            "payload": orjson.Fragment(payload_json),
+            "prev_hash": event.prev_hash,
+            "schema_version": event.schema_version,
+            "session_id": event.session_id,
+            "span_id": event.span_id,
+            "timestamp": event.timestamp,
+            "version": event.version,
+        },
+        option=orjson.OPT_SORT_KEYS,
+    )
+
+
+def compute_hash(event: AgentEvent, *, payload_json: bytes | None = None) -> str:
+    """``sha256(prev_hash + canonical(event))`` as 64 hex chars."""
+    h = hashlib.sha256(event.prev_hash.encode())
+    h.update(canonical_bytes(event, payload_json=payload_json))
+    return h.hexdigest()
+
+
+# --- ids and timestamps ----------------------------------------------------
+
+_uuid_lock = threading.Lock()
+_last_ms = 0
+_seq = 0
+
+
+def uuid7(unix_ns: int | None = None) -> str:
+    """A UUIDv7 string (RFC 9562), strictly increasing within this process.
+
+    The 12-bit ``rand_a`` field is a counter within one millisecond (method 1
+    of the RFC), so ids minted in the same millisecond still sort in order.
+    """
+    global _last_ms, _seq
+    ms = (time.time_ns() if unix_ns is None else unix_ns) // 1_000_000
+    with _uuid_lock:
+        if ms > _last_ms:
+            _last_ms, _seq = ms, int.from_bytes(os.urandom(1), "big")
+        else:
+            # Same (or an earlier, clock stepped back) millisecond: keep order.
+            ms = _last_ms
+            _seq += 1
+            if _seq > 0xFFF:
+                _last_ms += 1
+                ms, _seq = _last_ms, 0
+        seq = _seq
+    rand_b = int.from_bytes(os.urandom(8), "big") & 0x3FFF_FFFF_FFFF_FFFF
+    n = (ms << 80) | (0x7 << 76) | (seq << 64) | (0b10 << 62) | rand_b
+    h = f"{n:032x}"
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+def new_span_id() -> str:
+    """A 64-bit random span id as 16 hex chars (the OpenTelemetry width)."""
+    return os.urandom(8).hex()
+
+
+_ts_cache: tuple[int, str] = (-1, "")
+
+
+def format_timestamp(unix_ns: int) -> str:
+    """ISO-8601 UTC with microseconds and a ``+00:00`` suffix."""
+    global _ts_cache
+    sec, rem = divmod(unix_ns, 1_000_000_000)
+    cached_sec, prefix = _ts_cache
+    if sec != cached_sec:
+        # Formatting the date part costs ~1 µs; events arrive in bursts
+        # within one second, so the prefix is computed once per second.
+        prefix = datetime.fromtimestamp(sec, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
+        _ts_cache = (sec, prefix)
+    return f"{prefix}.{rem // 1000:06d}+00:00"
+
+
+# --- validation --------------------------------------------------------------
+
+_SESSION_ID_RE = re.compile(r"^[A-Za-z0-9._:@/+=-]{1,256}$")
+_EVENT_TYPE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.:-]{0,127}$")
+
+
+def validate_session_id(session_id: object) -> str:
+    """Return ``session_id`` or raise ``ValueError`` saying what is wrong with it."""
+    if not isinstance(session_id, str):
+        raise TypeError(f"session_id must be a str, got {type(session_id).__name__}")
+    if not _SESSION_ID_RE.match(session_id):
+        raise ValueError(
+            f"invalid session_id {session_id[:80]!r}: use 1-256 characters from "
+            "letters, digits and . _ : @ / + = -"
+        )
+    return session_id
+
+
+def validate_event_type(event_type: object) -> str:
+    """Return ``event_type`` or raise ``ValueError`` saying what is wrong with it."""
+    if not isinstance(event_type, str):
+        raise TypeError(f"event_type must be a str, got {type(event_type).__name__}")
+    if not _EVENT_TYPE_RE.match(event_type):
+        raise ValueError(
+            f"invalid event_type {event_type[:80]!r}: start with a letter or _, then up to "
+            "127 letters, digits or _ . : -"
+        )
+    return event_type

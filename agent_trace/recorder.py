@@ -1,0 +1,426 @@
+"""The recorder: takes events off the caller's path and makes them durable.
+
+Callers (any thread, any event loop, plain sync code) hand over an event as a
+tuple — captured payload bytes, a nanosecond timestamp, span ids — appended
+to an in-memory deque under a short lock; that is all they do, no I/O. One
+daemon writer thread, started on first use, owns the store and its own event
+loop. It wakes when the deque turns non-empty (or a flush asks), takes up to
+``batch_size`` events, seals them into ``AgentEvent``s (UUIDv7 id, ISO
+timestamp) and awaits ``store.append(batch)``; the store assigns versions,
+positions and hashes in one transaction. When ``append`` returns, the batch is
+durable: the writer advances its ``written`` count and wakes every
+``flush()`` waiting for a count at or below it. When ``append`` raises, the
+writer keeps the same sealed batch (same event ids, so a retry after a
+half-done append duplicates nothing) and retries with capped exponential
+backoff while new events queue behind it. The deque is bounded by
+``max_buffer``: a full buffer makes emitters wait for room, never drop.
+Before the interpreter joins its threads, an exit hook flushes and closes
+the store.
+
+Never raises into agent code on the emit path; failures are logged once per
+outage and counted in ``stats()``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import contextlib
+import logging
+import os
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from agent_trace.config import Settings, get_settings
+from agent_trace.events import AgentEvent, format_timestamp, uuid7
+
+if TYPE_CHECKING:
+    from agent_trace.stores.base import EventStore
+
+__all__ = ["Recorder", "flush", "flush_sync", "get_recorder", "stats"]
+
+log = logging.getLogger("agent_trace")
+
+# (unix_ns, session_id, event_type, payload_json, span_id, parent_span_id, schema_version)
+Pending = tuple[int, str, str, bytes, "str | None", "str | None", int]
+
+_MAX_BACKOFF = 2.0
+
+
+@dataclass
+class _AsyncWaiter:
+    target: int
+    loop: asyncio.AbstractEventLoop
+    future: asyncio.Future[None]
+
+
+class Recorder:
+    """Queue + writer thread in front of one store. One per process."""
+
+    def __init__(self, settings: Settings | None = None) -> None:
+        self._settings = settings or get_settings()
+        self._lock = threading.Lock()  # guards _queue appends and _enqueued
+        self._changed = threading.Condition(threading.Lock())  # written / room changes
+        self._wake = threading.Event()
+        self._queue: deque[Pending] = deque()
+        self._enqueued = 0  # events ever appended to _queue
+        self._written = 0  # events durable in the store (a prefix of the queue order)
+        self._in_flight = 0
+        self._retried = 0
+        self._batches = 0
+        self._failures = 0
+        self._last_error: str | None = None
+        self._async_waiters: list[_AsyncWaiter] = []
+        self._thread: threading.Thread | None = None
+        self._stopping = False
+        self._store: EventStore | None = None
+        self._owns_store = False
+        self._switch_lock = threading.Lock()
+
+    # --- caller side -------------------------------------------------------
+
+    def emit(
+        self,
+        session_id: str,
+        event_type: str,
+        payload_json: bytes,
+        span_id: str | None = None,
+        parent_span_id: str | None = None,
+        schema_version: int = 1,
+    ) -> int:
+        """Queue one event; returns the count to wait for to see it durable."""
+        if len(self._queue) >= self._settings.max_buffer:
+            self._wait_for_room()
+        item = (
+            time.time_ns(),
+            session_id,
+            event_type,
+            payload_json,
+            span_id,
+            parent_span_id,
+            schema_version,
+        )
+        with self._lock:
+            self._queue.append(item)
+            self._enqueued += 1
+            n = self._enqueued
+        if self._thread is None:
+            self._start()
+        if len(self._queue) == 1:
+            self._wake.set()
+        return n
+
+    def is_full(self) -> bool:
+        """True when the next emit would wait for room."""
+        return len(self._queue) >= self._settings.max_buffer
+
+    async def wait_for_room(self) -> None:
+        """Async form of the backpressure wait, for async callers."""
+        while self.is_full():
+            self._wake.set()
+            await asyncio.sleep(self._settings.flush_interval or 0.001)
+
+    def _wait_for_room(self) -> None:
+        with self._changed:
+            while len(self._queue) >= self._settings.max_buffer:
+                self._wake.set()
+                self._changed.wait(0.1)
+
+    def wait_sync(self, target: int, timeout: float | None = None) -> bool:
+        """Block until ``target`` events are durable; False on timeout."""
+        if self._written >= target:
+            return True
+        if threading.current_thread() is self._thread:
+            raise RuntimeError("flush_sync() cannot be called from the agent_trace writer thread")
+        deadline = None if timeout is None else time.monotonic() + timeout
+        self._wake.set()
+        with self._changed:
+            while self._written < target:
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    return False
+                self._changed.wait(0.1 if left is None else min(left, 0.1))
+        return True
+
+    async def wait(self, target: int, timeout: float | None = None) -> bool:
+        """Await until ``target`` events are durable; False on timeout."""
+        if self._written >= target:
+            return True
+        loop = asyncio.get_running_loop()
+        waiter = _AsyncWaiter(target, loop, loop.create_future())
+        with self._changed:
+            if self._written >= target:
+                return True
+            self._async_waiters.append(waiter)
+        self._wake.set()
+        try:
+            await asyncio.wait_for(asyncio.shield(waiter.future), timeout)
+        except asyncio.TimeoutError:
+            return False
+        finally:
+            with self._changed:
+                if waiter in self._async_waiters:
+                    self._async_waiters.remove(waiter)
+        return True
+
+    def pending_target(self) -> int:
+        """How many events have been handed over so far."""
+        return self._enqueued
+
+    def stats(self) -> dict[str, Any]:
+        """Counters since the process started."""
+        return {
+            "emitted": self._enqueued,
+            "written": self._written,
+            "buffered": self._enqueued - self._written,
+            "retried": self._retried,
+            "spilled": 0,
+            "batches": self._batches,
+            "store_failures": self._failures,
+            "last_error": self._last_error,
+        }
+
+    # --- store ownership ---------------------------------------------------
+
+    @property
+    def settings(self) -> Settings:
+        return self._settings
+
+    def store(self) -> EventStore:
+        """The store events go to (opened from the settings on first use)."""
+        if self._store is None:
+            with self._switch_lock:
+                if self._store is None:
+                    self._store, self._owns_store = _open(self._settings.store)
+        return self._store
+
+    def reconfigure(self, settings: Settings) -> None:
+        """Adopt new settings; flush into the old store first if it changes."""
+        new_store: EventStore | None = None
+        owns = False
+        if settings.store != self._settings.store or self._store is None:
+            new_store, owns = _open(settings.store)  # a bad URL raises before anything changes
+        if new_store is None:
+            self._settings = settings
+            return
+        self.flush_sync(timeout=self._settings.flush_timeout)
+        with self._switch_lock:
+            old, old_owned = self._store, self._owns_store
+            self._store, self._owns_store = new_store, owns
+            self._settings = settings
+        if old is not None and old_owned:
+            self._close_store(old)
+
+    def flush_sync(self, timeout: float | None = None) -> bool:
+        return self.wait_sync(self._enqueued, timeout)
+
+    async def flush(self, timeout: float | None = None) -> bool:
+        return await self.wait(self._enqueued, timeout)
+
+    # --- writer thread -----------------------------------------------------
+
+    def _start(self) -> None:
+        with self._switch_lock:
+            if self._thread is not None:
+                return
+            self._thread = threading.Thread(
+                target=self._run, name="agent_trace-writer", daemon=True
+            )
+            self._thread.start()
+
+    def _run(self) -> None:
+        loop = asyncio.new_event_loop()
+        self._loop = loop
+        try:
+            while True:
+                self._wake.clear()
+                if not self._queue:
+                    if self._stopping:
+                        return
+                    self._wake.wait(0.5)
+                    continue
+                batch = self._take_batch()
+                loop.run_until_complete(self._write(batch))
+        finally:
+            loop.close()
+
+    def _take_batch(self) -> list[AgentEvent]:
+        q = self._queue
+        n = min(len(q), self._settings.batch_size)
+        popleft = q.popleft
+        items = [popleft() for _ in range(n)]
+        self._in_flight = n
+        with self._changed:
+            self._changed.notify_all()  # room for emitters waiting on a full buffer
+        return [_seal(item) for item in items]
+
+    async def _write(self, batch: list[AgentEvent]) -> None:
+        delay = 0.05
+        outage = False
+        while True:
+            store = self.store()
+            try:
+                await store.append(batch)
+            except Exception as exc:
+                self._retried += 1
+                self._failures += 1
+                self._last_error = f"{type(exc).__name__}: {exc}"
+                if not outage:
+                    outage = True
+                    log.warning(
+                        "agent_trace: store append failed (%s); %d events kept in memory "
+                        "and retried with backoff",
+                        self._last_error,
+                        len(batch) + len(self._queue),
+                    )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, _MAX_BACKOFF)
+                continue
+            break
+        if outage:
+            log.warning("agent_trace: store is back; %d events written after retry", len(batch))
+        self._batches += 1
+        self._in_flight = 0
+        with self._changed:
+            self._written += len(batch)
+            self._changed.notify_all()
+            done = [w for w in self._async_waiters if w.target <= self._written]
+            for w in done:
+                self._async_waiters.remove(w)
+        for w in done:
+            # RuntimeError: that loop has closed, so nobody is waiting any more.
+            with contextlib.suppress(RuntimeError):
+                w.loop.call_soon_threadsafe(_resolve, w.future)
+
+    # --- shutdown ----------------------------------------------------------
+
+    def close(self, timeout: float | None = None) -> None:
+        """Flush, stop the writer and close the store if we opened it."""
+        ok = self.flush_sync(timeout)
+        if not ok:
+            log.error(
+                "agent_trace: %d events could not be written before exit (last error: %s)",
+                self._enqueued - self._written,
+                self._last_error,
+            )
+        self._stopping = True
+        self._wake.set()
+        thread = self._thread
+        if thread is not None and ok:
+            thread.join(timeout)
+        if self._store is not None and self._owns_store:
+            self._close_store(self._store)
+            self._store = None
+
+    def _close_store(self, store: EventStore) -> None:
+        # A thread of its own: the caller may be inside a running event loop.
+        def close() -> None:
+            try:
+                asyncio.run(store.close())
+            except Exception as exc:
+                log.warning("agent_trace: closing the store failed: %s", exc)
+
+        closer = threading.Thread(target=close, name="agent_trace-close")
+        closer.start()
+        closer.join(self._settings.exit_timeout or None)
+
+
+def _resolve(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
+
+
+def _seal(item: Pending) -> AgentEvent:
+    ns, session_id, event_type, payload_json, span_id, parent, schema_version = item
+    return AgentEvent(
+        event_id=uuid7(ns),
+        session_id=session_id,
+        event_type=event_type,
+        timestamp=format_timestamp(ns),
+        payload=orjson.loads(payload_json),
+        span_id=span_id,
+        parent_span_id=parent,
+        schema_version=schema_version,
+    )
+
+
+def _open(store: Any) -> tuple[EventStore, bool]:
+    if isinstance(store, str):
+        from agent_trace.stores import open_store
+
+        return open_store(store), True
+    return store, False
+
+
+# --- process-wide recorder ---------------------------------------------------
+
+_recorder: Recorder | None = None
+_recorder_lock = threading.Lock()
+
+
+def get_recorder() -> Recorder:
+    """The process's recorder, created on first use."""
+    global _recorder
+    if _recorder is None:
+        with _recorder_lock:
+            if _recorder is None:
+                _recorder = Recorder()
+    return _recorder
+
+
+def flush_sync(timeout: float | None = None) -> bool:
+    """Block until every event emitted before the call is durable.
+
+    Returns False if ``timeout`` (seconds) passed first, e.g. while the store
+    is down; the events stay queued and keep being retried.
+    """
+    return get_recorder().flush_sync(timeout)
+
+
+async def flush(timeout: float | None = None) -> bool:
+    """Await until every event emitted before the call is durable (see flush_sync)."""
+    return await get_recorder().flush(timeout)
+
+
+def stats() -> dict[str, Any]:
+    """Recorder counters: emitted, written, buffered, retried, spilled, and more."""
+    return get_recorder().stats()
+
+
+def _at_exit() -> None:
+    rec = _recorder
+    if rec is not None:
+        rec.close(rec.settings.exit_timeout)
+
+
+def _after_fork_in_child() -> None:
+    # The writer thread did not survive the fork, and events queued in the
+    # parent belong to the parent: the child starts with a fresh recorder
+    # that reopens the store from the same settings.
+    global _recorder
+    old = _recorder
+    _recorder = None
+    if old is not None:
+        settings = old.settings
+        _recorder = Recorder(settings)
+
+
+def _register_exit_hook() -> None:
+    # aiosqlite's worker thread is not a daemon, so the interpreter joins it
+    # before running atexit hooks; flushing and closing must happen earlier,
+    # at the point concurrent.futures uses for the same reason.
+    register = getattr(threading, "_register_atexit", None)
+    if register is not None:
+        register(_at_exit)
+    else:  # pragma: no cover - every supported CPython has it
+        atexit.register(_at_exit)
+
+
+_register_exit_hook()
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
