@@ -89,14 +89,20 @@ def capture(value: Any, options: CaptureOptions = DEFAULT_OPTIONS) -> bytes:
     try:
         out = orjson.dumps(value, default=_default, option=_OPTS)
     except TypeError:  # orjson.JSONEncodeError subclasses TypeError
-        return _slow(value, options)
-    if len(out) > options.max_value_chars:
-        return _slow(value, options)
-    if options._key_re is not None and options._key_re.search(out) is not None:
-        return _slow(value, options)
-    if b"null" in out and _has_nonfinite(value, 0):
-        return _slow(value, options)
-    return out
+        return _compact(_slow(value, options))
+    if (
+        len(out) > options.max_value_chars
+        or (options._key_re is not None and options._key_re.search(out) is not None)
+        or (b"null" in out and _has_nonfinite(value, 0))
+    ):
+        return _compact(_slow(value, options))
+    return _compact(out)
+
+
+def _compact(out: bytes) -> bytes:
+    # orjson's result keeps its whole growth buffer (~4 KB) allocated; events
+    # wait in the recorder's queue, so keep a right-sized copy instead.
+    return bytes(memoryview(out))
 
 
 def to_jsonable(value: Any, options: CaptureOptions = DEFAULT_OPTIONS) -> Any:

@@ -7,7 +7,7 @@ counter. Stores and the recorder build on this; nothing here imports them.
 from __future__ import annotations
 
 import hashlib
-import os
+import random
 import re
 import threading
 import time
@@ -132,6 +132,11 @@ def compute_hash(event: AgentEvent, *, payload_json: bytes | None = None) -> str
 
 # --- ids and timestamps ----------------------------------------------------
 
+# Not os.urandom: it releases the GIL, and winning it back from the writer
+# thread costs microseconds on the caller's path. Ids must be unique, not
+# secret (OpenTelemetry's id generator makes the same choice). The random
+# module reseeds itself in a forked child.
+_rand = random.getrandbits
 _uuid_lock = threading.Lock()
 _last_ms = 0
 _seq = 0
@@ -147,7 +152,7 @@ def uuid7(unix_ns: int | None = None) -> str:
     ms = (time.time_ns() if unix_ns is None else unix_ns) // 1_000_000
     with _uuid_lock:
         if ms > _last_ms:
-            _last_ms, _seq = ms, int.from_bytes(os.urandom(1), "big")
+            _last_ms, _seq = ms, _rand(7)
         else:
             # Same (or an earlier, clock stepped back) millisecond: keep order.
             ms = _last_ms
@@ -156,7 +161,7 @@ def uuid7(unix_ns: int | None = None) -> str:
                 _last_ms += 1
                 ms, _seq = _last_ms, 0
         seq = _seq
-    rand_b = int.from_bytes(os.urandom(8), "big") & 0x3FFF_FFFF_FFFF_FFFF
+    rand_b = _rand(62)
     n = (ms << 80) | (0x7 << 76) | (seq << 64) | (0b10 << 62) | rand_b
     h = f"{n:032x}"
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
@@ -164,7 +169,7 @@ def uuid7(unix_ns: int | None = None) -> str:
 
 def new_span_id() -> str:
     """A 64-bit random span id as 16 hex chars (the OpenTelemetry width)."""
-    return os.urandom(8).hex()
+    return f"{_rand(64):016x}"
 
 
 _ts_cache: tuple[int, str] = (-1, "")
