@@ -74,7 +74,8 @@ class CaptureOptions:
         object.__setattr__(self, "redact_keys", keys)
         if keys:
             alts = b"|".join(re.escape(orjson.dumps(k)[1:-1]) for k in sorted(keys))
-            object.__setattr__(self, "_key_re", re.compile(b'"(?:' + alts + b')":', re.I))
+            # Matched against the lowercased output: cheaper than re.IGNORECASE.
+            object.__setattr__(self, "_key_re", re.compile(b'"(?:' + alts + b')":'))
 
     def with_redact(self, extra: Iterable[str]) -> CaptureOptions:
         """These options plus more keys to redact."""
@@ -89,20 +90,14 @@ def capture(value: Any, options: CaptureOptions = DEFAULT_OPTIONS) -> bytes:
     try:
         out = orjson.dumps(value, default=_default, option=_OPTS)
     except TypeError:  # orjson.JSONEncodeError subclasses TypeError
-        return _compact(_slow(value, options))
+        return _slow(value, options)
     if (
         len(out) > options.max_value_chars
-        or (options._key_re is not None and options._key_re.search(out) is not None)
+        or (options._key_re is not None and options._key_re.search(out.lower()) is not None)
         or (b"null" in out and _has_nonfinite(value, 0))
     ):
-        return _compact(_slow(value, options))
-    return _compact(out)
-
-
-def _compact(out: bytes) -> bytes:
-    # orjson's result keeps its whole growth buffer (~4 KB) allocated; events
-    # wait in the recorder's queue, so keep a right-sized copy instead.
-    return bytes(memoryview(out))
+        return _slow(value, options)
+    return out
 
 
 def to_jsonable(value: Any, options: CaptureOptions = DEFAULT_OPTIONS) -> Any:

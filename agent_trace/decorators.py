@@ -42,7 +42,7 @@ class CallKind:
     failed: str
     name_key: str
     # (recorded function, bound args) -> fields every event of the call carries
-    common: Callable[[_Recorded, dict[str, Any]], dict[str, Any]]
+    common: Callable[[_Recorded, dict[str, Any]], dict[str, Any]] | None
     # (recorded function, bound args, result) -> fields of the success event
     outcome: Callable[[_Recorded, dict[str, Any], Any], dict[str, Any]]
 
@@ -54,6 +54,7 @@ class _Recorded:
     """Per decorated function: its name, kind, options and argument binder."""
 
     __slots__ = (
+        "_options",
         "capture_args",
         "capture_result",
         "defaults",
@@ -83,6 +84,7 @@ class _Recorded:
         self.capture_args = capture_args
         self.capture_result = capture_result
         self.opts_redact = frozenset(k.lower() for k in redact)
+        self._options: tuple[CaptureOptions, CaptureOptions] | None = None
         self.model = model
         self.usage = usage
         try:
@@ -100,8 +102,13 @@ class _Recorded:
         }
 
     def options(self, rec: Recorder) -> CaptureOptions:
-        opts = rec.settings.capture
-        return opts.with_redact(self.opts_redact) if self.opts_redact else opts
+        opts = rec.capture_options
+        if not self.opts_redact:
+            return opts
+        cached = self._options
+        if cached is None or cached[0] is not opts:
+            cached = self._options = (opts, opts.with_redact(self.opts_redact))
+        return cached[1]
 
     def bind(self, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
         """Map parameter names to values, defaults applied, ``self``/``cls`` left out."""
@@ -142,10 +149,11 @@ class _Call:
         self.session_id = session_id
         self.args = args
         outer = _span.get()
-        self.parent = outer[0] if outer is not None else None
-        self.span = (new_span_id(), self.parent)
+        parent = self.parent = outer[0] if outer is not None else None
+        self.span = (new_span_id(), parent)
         self.opts = recorded.options(rec)
-        self.fields = recorded.kind.common(recorded, args)
+        common = recorded.kind.common
+        self.fields = common(recorded, args) if common is not None else None
         self.t0 = 0.0
 
     def _emit(self, event_type: str, body: dict[str, Any]) -> int:
@@ -158,7 +166,9 @@ class _Call:
         kind = self.recorded.kind
         n = 0
         if kind.started is not None:
-            body = {kind.name_key: self.recorded.name, **self.fields}
+            body = {kind.name_key: self.recorded.name}
+            if self.fields:
+                body.update(self.fields)
             body["args"] = self.args if self.recorded.capture_args else None
             n = self._emit(kind.started, body)
         self.t0 = _perf()
@@ -168,7 +178,9 @@ class _Call:
         ms = (_perf() - self.t0) * 1000
         recorded = self.recorded
         kind = recorded.kind
-        body = {kind.name_key: recorded.name, **self.fields}
+        body = {kind.name_key: recorded.name}
+        if self.fields:
+            body.update(self.fields)
         body.update(kind.outcome(recorded, self.args, result))
         if extra:
             body.update(extra)
@@ -178,7 +190,9 @@ class _Call:
     def fail(self, exc: BaseException) -> int:
         ms = (_perf() - self.t0) * 1000
         kind = self.recorded.kind
-        body = {kind.name_key: self.recorded.name, **self.fields}
+        body = {kind.name_key: self.recorded.name}
+        if self.fields:
+            body.update(self.fields)
         body["error_type"] = type(exc).__name__
         body["error"] = _error_text(exc)
         body["duration_ms"] = ms
@@ -199,7 +213,7 @@ def _auto_session() -> bool:
 
 
 def _immediate(call: _Call) -> bool:
-    return call.rec.settings.durability == "immediate"
+    return call.rec.immediate
 
 
 def _sync_wrapper(recorded: _Recorded) -> Callable[..., Any]:
@@ -234,9 +248,9 @@ def _sync_wrapper(recorded: _Recorded) -> Callable[..., Any]:
 def _async_wrapper(recorded: _Recorded) -> Callable[..., Any]:
     async def run(call: _Call, wrapped: Callable[..., Any], args: Any, kwargs: Any) -> Any:
         rec = call.rec
-        if rec.is_full():
+        if len(rec.queue) >= rec.max_buffer:
             await rec.wait_for_room()
-        immediate = _immediate(call)
+        immediate = rec.immediate
         n = call.start()
         if n and immediate:
             await rec.wait(n)
@@ -426,10 +440,6 @@ def _decorate(func: Any, recorded_for: Callable[[Callable[..., Any]], _Recorded]
 # --- the three kinds -----------------------------------------------------------
 
 
-def _no_fields(recorded: _Recorded, args: dict[str, Any]) -> dict[str, Any]:
-    return {}
-
-
 def _tool_outcome(recorded: _Recorded, args: dict[str, Any], result: Any) -> dict[str, Any]:
     return {"result": result}
 
@@ -470,14 +480,12 @@ def _decision_outcome(recorded: _Recorded, args: dict[str, Any], result: Any) ->
     }
 
 
-TOOL = CallKind(
-    "tool", "tool_started", "tool_executed", "tool_failed", "tool", _no_fields, _tool_outcome
-)
+TOOL = CallKind("tool", "tool_started", "tool_executed", "tool_failed", "tool", None, _tool_outcome)
 LLM = CallKind(
     "llm", "llm_started", "llm_responded", "llm_failed", "name", _llm_fields, _llm_outcome
 )
 DECISION = CallKind(
-    "decision", None, "decision_made", "decision_failed", "decision", _no_fields, _decision_outcome
+    "decision", None, "decision_made", "decision_failed", "decision", None, _decision_outcome
 )
 
 

@@ -50,6 +50,8 @@ log = logging.getLogger("agent_trace")
 Pending = tuple[int, str, str, bytes, "str | None", "str | None", int]
 
 _MAX_BACKOFF = 2.0
+_now = time.time_ns
+_COMPACT_AFTER = 2048
 
 
 @dataclass
@@ -63,11 +65,11 @@ class Recorder:
     """Queue + writer thread in front of one store. One per process."""
 
     def __init__(self, settings: Settings | None = None) -> None:
-        self._settings = settings or get_settings()
-        self._lock = threading.Lock()  # guards _queue appends and _enqueued
+        self._adopt(settings or get_settings())
+        self._lock = threading.Lock()  # guards queue appends and _enqueued
         self._changed = threading.Condition(threading.Lock())  # written / room changes
         self._wake = threading.Event()
-        self._queue: deque[Pending] = deque()
+        self.queue: deque[Pending] = deque()
         self._enqueued = 0  # events ever appended to _queue
         self._written = 0  # events durable in the store (a prefix of the queue order)
         self._in_flight = 0
@@ -82,6 +84,13 @@ class Recorder:
         self._owns_store = False
         self._switch_lock = threading.Lock()
 
+    def _adopt(self, settings: Settings) -> None:
+        # Read on every recorded call, so kept as plain attributes.
+        self._settings = settings
+        self.max_buffer = settings.max_buffer
+        self.immediate = settings.durability == "immediate"
+        self.capture_options = settings.capture
+
     # --- caller side -------------------------------------------------------
 
     def emit(
@@ -94,10 +103,15 @@ class Recorder:
         schema_version: int = 1,
     ) -> int:
         """Queue one event; returns the count to wait for to see it durable."""
-        if len(self._queue) >= self._settings.max_buffer:
+        queue = self.queue
+        if len(queue) >= self.max_buffer:
             self._wait_for_room()
+        if len(queue) > _COMPACT_AFTER:
+            # orjson's bytes keep their ~4 KB growth buffer allocated; a short
+            # queue can afford that, a long one keeps right-sized copies.
+            payload_json = bytes(memoryview(payload_json))
         item = (
-            time.time_ns(),
+            _now(),
             session_id,
             event_type,
             payload_json,
@@ -106,18 +120,17 @@ class Recorder:
             schema_version,
         )
         with self._lock:
-            self._queue.append(item)
-            self._enqueued += 1
-            n = self._enqueued
-        if self._thread is None:
-            self._start()
-        if len(self._queue) == 1:
+            queue.append(item)
+            n = self._enqueued = self._enqueued + 1
+        if len(queue) == 1:
+            if self._thread is None:
+                self._start()
             self._wake.set()
         return n
 
     def is_full(self) -> bool:
         """True when the next emit would wait for room."""
-        return len(self._queue) >= self._settings.max_buffer
+        return len(self.queue) >= self.max_buffer
 
     async def wait_for_room(self) -> None:
         """Async form of the backpressure wait, for async callers."""
@@ -127,7 +140,7 @@ class Recorder:
 
     def _wait_for_room(self) -> None:
         with self._changed:
-            while len(self._queue) >= self._settings.max_buffer:
+            while len(self.queue) >= self.max_buffer:
                 self._wake.set()
                 self._changed.wait(0.1)
 
@@ -206,13 +219,13 @@ class Recorder:
         if settings.store != self._settings.store or self._store is None:
             new_store, owns = _open(settings.store)  # a bad URL raises before anything changes
         if new_store is None:
-            self._settings = settings
+            self._adopt(settings)
             return
         self.flush_sync(timeout=self._settings.flush_timeout)
         with self._switch_lock:
             old, old_owned = self._store, self._owns_store
             self._store, self._owns_store = new_store, owns
-            self._settings = settings
+            self._adopt(settings)
         if old is not None and old_owned:
             self._close_store(old)
 
@@ -239,7 +252,7 @@ class Recorder:
         try:
             while True:
                 self._wake.clear()
-                if not self._queue:
+                if not self.queue:
                     if self._stopping:
                         return
                     self._wake.wait(0.5)
@@ -250,7 +263,7 @@ class Recorder:
             loop.close()
 
     def _take_batch(self) -> list[AgentEvent]:
-        q = self._queue
+        q = self.queue
         n = min(len(q), self._settings.batch_size)
         popleft = q.popleft
         items = [popleft() for _ in range(n)]
@@ -276,7 +289,7 @@ class Recorder:
                         "agent_trace: store append failed (%s); %d events kept in memory "
                         "and retried with backoff",
                         self._last_error,
-                        len(batch) + len(self._queue),
+                        len(batch) + len(self.queue),
                     )
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, _MAX_BACKOFF)
