@@ -1,0 +1,327 @@
+"""The JSONL store: one append-only, human-readable file of events.
+
+``<directory>/events.jsonl`` holds one JSON object per line (the
+``AgentEvent.to_dict`` form, payload as its canonical JSON), in position
+order. Several processes may append: each append holds an exclusive
+``flock`` on ``events.lock``, first reads whatever other processes added
+since it last looked (from the byte offset it had reached), then writes its
+lines and fsyncs before unlocking. Readers hold a shared lock, so they never
+see a batch before it is durable.
+
+A final line without its newline is a write torn by a crash; it was never
+acknowledged, so readers ignore it and the next append truncates it. A crash
+may also leave the first lines of a batch whole: they are valid events, and
+the retried batch skips them by ``event_id``.
+
+Each process keeps an index of every event id, session head and line offset
+in memory, so this store suits development and small deployments; use
+SQLite or PostgreSQL for large histories. It needs ``fcntl`` (POSIX).
+
+Never: rewrite a complete line, or return an event that is not yet fsynced.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager, suppress
+from typing import Any
+
+import orjson
+
+from agent_trace.events import AgentEvent
+from agent_trace.stores.base import (
+    EventIndex,
+    SessionInfo,
+    StoreError,
+    check_limit,
+    event_types_filter,
+)
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None  # type: ignore[assignment]
+
+__all__ = ["JSONLStore"]
+
+EVENTS_FILE = "events.jsonl"
+LOCK_FILE = "events.lock"
+_READ_CHUNK = 8 << 20
+
+
+class JSONLStore:
+    """Events as lines of ``<directory>/events.jsonl``, safe across threads and processes."""
+
+    def __init__(self, directory: str | os.PathLike[str]) -> None:
+        self.directory = os.path.abspath(os.fspath(directory))
+        self.path = os.path.join(self.directory, EVENTS_FILE)
+        self._lock = threading.Lock()  # this process's threads; flock covers processes
+        self._fd: int | None = None
+        self._lock_fd: int | None = None
+        self._index = EventIndex()
+        self._offsets: list[int] = []  # byte offset of position p's line at index p - 1
+        self._end = 0  # end of the last complete line indexed
+
+    def __repr__(self) -> str:
+        return f"JSONLStore({self.directory!r})"
+
+    # --- the protocol ----------------------------------------------------------
+    # File I/O and fsync run in a worker thread so the event loop keeps going.
+
+    async def append(self, events: Sequence[AgentEvent]) -> int:
+        """Durably append (fsync); skip known event ids; return the count."""
+        if not events:
+            return 0
+        return await asyncio.to_thread(self._append, list(events))
+
+    async def get_events(
+        self,
+        session_id: str,
+        after_version: int = 0,
+        event_types: Iterable[str] | None = None,
+    ) -> list[AgentEvent]:
+        """One session's events with ``version > after_version``, in version order."""
+        types = event_types_filter(event_types)
+        if types is not None and not types:
+            return []
+        return await asyncio.to_thread(self._get_events, session_id, after_version, types)
+
+    async def read_all(self, after_position: int = 0, limit: int | None = None) -> list[AgentEvent]:
+        """Events of every session with ``position > after_position``, in position order."""
+        limit = check_limit(limit)
+        return await asyncio.to_thread(self._read_all, max(after_position, 0), limit)
+
+    async def list_sessions(self, limit: int | None = None) -> list[SessionInfo]:
+        """Sessions, most recently started first."""
+        limit = check_limit(limit)
+        return await asyncio.to_thread(self._list_sessions, limit)
+
+    async def close(self) -> None:
+        """Close the files and forget the index; a later call reopens. Safe to call twice."""
+        with self._lock:
+            for fd in (self._fd, self._lock_fd):
+                if fd is not None:
+                    os.close(fd)
+            self._fd = self._lock_fd = None
+            self._index = EventIndex()
+            self._offsets = []
+            self._end = 0
+
+    # --- blocking work (worker thread) -----------------------------------------
+
+    def _append(self, events: list[AgentEvent]) -> int:
+        with self._lock, self._locked(exclusive=True) as fd:
+            self._catch_up(fd, repair=True)
+            rows = self._index.seal(events)
+            if not rows:
+                return 0
+            lines = [_line(row) for row in rows]
+            start = self._end
+            try:
+                _write_all(fd, b"".join(lines))
+                os.fsync(fd)
+            except BaseException:
+                # Nothing was acknowledged: take back whatever part got written.
+                with suppress(OSError):  # if not, the next append drops the torn line
+                    os.ftruncate(fd, start)
+                raise
+            offset = start
+            for row, line in zip(rows, lines, strict=True):
+                self._index.add(row)
+                self._offsets.append(offset)
+                offset += len(line)
+            self._end = offset
+        return len(rows)
+
+    def _get_events(
+        self, session_id: str, after_version: int, types: frozenset[str] | None
+    ) -> list[AgentEvent]:
+        with self._lock, self._locked(exclusive=False) as fd:
+            self._catch_up(fd, repair=False)
+            positions = self._index.positions(session_id, after_version)
+            chunks = [_pread(fd, start, stop) for start, stop in self._spans(positions)]
+        events = [_parse(line) for chunk in chunks for line in chunk.splitlines()]
+        if types is not None:
+            events = [ev for ev in events if ev.event_type in types]
+        return events
+
+    def _read_all(self, after_position: int, limit: int | None) -> list[AgentEvent]:
+        with self._lock, self._locked(exclusive=False) as fd:
+            self._catch_up(fd, repair=False)
+            last = self._index.last_position
+            stop = last if limit is None else min(last, after_position + limit)
+            if stop <= after_position:
+                return []
+            start_offset = self._offsets[after_position]
+            end_offset = self._offsets[stop] if stop < last else self._end
+            data = _pread(fd, start_offset, end_offset)
+        return [_parse(line) for line in data.splitlines()]
+
+    def _list_sessions(self, limit: int | None) -> list[SessionInfo]:
+        with self._lock, self._locked(exclusive=False) as fd:
+            self._catch_up(fd, repair=False)
+            return self._index.session_infos(limit)
+
+    def _spans(self, positions: list[int]) -> list[tuple[int, int]]:
+        """Byte ranges holding the lines of ``positions`` (ascending); adjacent lines merged."""
+        offsets, last, end = self._offsets, self._index.last_position, self._end
+        spans = []
+        i, n = 0, len(positions)
+        while i < n:
+            j = i
+            while j + 1 < n and positions[j + 1] == positions[j] + 1:
+                j += 1
+            final = positions[j]
+            spans.append((offsets[positions[i] - 1], offsets[final] if final < last else end))
+            i = j + 1
+        return spans
+
+    @contextmanager
+    def _locked(self, *, exclusive: bool) -> Iterator[int]:
+        """The events file's descriptor, under a shared or exclusive ``flock``."""
+        fd, lock_fd = self._open()
+        fcntl.flock(lock_fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        try:
+            yield fd
+        finally:
+            fcntl.flock(lock_fd, fcntl.LOCK_UN)
+
+    def _open(self) -> tuple[int, int]:
+        if self._fd is not None and self._lock_fd is not None:
+            return self._fd, self._lock_fd
+        if fcntl is None:  # pragma: no cover - Windows
+            raise StoreError("JSONLStore needs fcntl (POSIX); use SQLiteStore on this platform")
+        where = f"cannot open JSONL store {self.directory!r}"
+        try:
+            os.makedirs(self.directory, exist_ok=True)
+            created = not os.path.exists(self.path)
+            fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+        except PermissionError as exc:
+            raise PermissionError(f"{where}: {exc.strerror}") from exc
+        except OSError as exc:
+            raise ConnectionError(f"{where}: {exc.strerror or exc}") from exc
+        try:
+            lock_path = os.path.join(self.directory, LOCK_FILE)
+            lock_fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            os.close(fd)
+            raise ConnectionError(f"{where}: {exc.strerror or exc}") from exc
+        if created:
+            _fsync_dir(self.directory)  # make the new file's directory entry durable
+        self._fd, self._lock_fd = fd, lock_fd
+        return fd, lock_fd
+
+    def _catch_up(self, fd: int, *, repair: bool) -> None:
+        """Index complete lines past ``self._end``; with ``repair``, drop a torn last line."""
+        size = os.fstat(fd).st_size
+        if size < self._end:
+            raise StoreError(
+                f"{self.path} shrank from {self._end} to {size} bytes: it was edited or replaced"
+            )
+        start, chunk_size = self._end, _READ_CHUNK
+        while start < size:
+            data = os.pread(fd, min(chunk_size, size - start), start)
+            cut = data.rfind(b"\n") + 1
+            if cut == 0:
+                if start + len(data) >= size:
+                    break  # no newline up to EOF: a torn line
+                chunk_size *= 2  # one line longer than the chunk
+                continue
+            self._index_lines(data[:cut], start)
+            start += cut
+        if repair and start < size:
+            os.ftruncate(fd, start)
+            os.fsync(fd)
+
+    def _index_lines(self, data: bytes, offset: int) -> None:
+        index, offsets = self._index, self._offsets
+        for line in data.split(b"\n")[:-1]:
+            try:
+                d = orjson.loads(line)
+                row = _row(d)
+            except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
+                raise StoreError(f"{self.path}: unreadable line at byte {offset}: {exc}") from exc
+            index.add(row, d.get("payload"))
+            offsets.append(offset)
+            offset += len(line) + 1
+            self._end = offset
+
+
+def _line(row: tuple[Any, ...]) -> bytes:
+    # Fragment: the payload is written exactly as it was hashed.
+    return orjson.dumps(
+        {
+            "event_id": row[0],
+            "session_id": row[1],
+            "event_type": row[2],
+            "timestamp": row[3],
+            "payload": orjson.Fragment(row[4]),
+            "version": row[5],
+            "position": row[6],
+            "span_id": row[7],
+            "parent_span_id": row[8],
+            "schema_version": row[9],
+            "prev_hash": row[10],
+            "hash": row[11],
+        },
+        option=orjson.OPT_APPEND_NEWLINE,
+    )
+
+
+def _row(d: dict[str, Any]) -> tuple[Any, ...]:
+    """A parsed line as a row; its payload (already decoded) is left out (None)."""
+    return (
+        d["event_id"],
+        d["session_id"],
+        d["event_type"],
+        d["timestamp"],
+        None,
+        d["version"],
+        d["position"],
+        d.get("span_id"),
+        d.get("parent_span_id"),
+        d.get("schema_version", 1),
+        d["prev_hash"],
+        d["hash"],
+    )
+
+
+def _parse(line: bytes) -> AgentEvent:
+    d = orjson.loads(line)
+    if not isinstance(d, dict):
+        raise TypeError(f"expected a JSON object, got {type(d).__name__}")
+    return AgentEvent.from_dict(d)
+
+
+def _pread(fd: int, start: int, stop: int) -> bytes:
+    """Bytes ``start:stop`` of the file (pread may return less than asked)."""
+    parts = []
+    while start < stop:
+        part = os.pread(fd, stop - start, start)
+        if not part:
+            raise StoreError(f"events file ended at byte {start}, expected {stop}")
+        parts.append(part)
+        start += len(part)
+    return b"".join(parts)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def _fsync_dir(directory: str) -> None:
+    try:
+        dfd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(dfd)
+    except OSError:
+        pass
+    finally:
+        os.close(dfd)

@@ -1,0 +1,82 @@
+"""An in-process store: for tests, notebooks and short scripts.
+
+Events live in this process only and are gone when it exits. Payloads are
+kept as their canonical JSON and decoded on every read, so a caller
+can never change stored history by mutating an event it passed in or got
+back, and values round-trip exactly as through the persistent stores.
+The methods never await: each is one critical section under a
+``threading.Lock``, so one store may be used from several threads and event
+loops at once.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from agent_trace.events import AgentEvent
+from agent_trace.stores.base import (
+    EventIndex,
+    SessionInfo,
+    check_limit,
+    event_from_row,
+    event_types_filter,
+)
+
+__all__ = ["MemoryStore"]
+
+
+class MemoryStore:
+    """Events in a list in this process; thread-safe, usable from any event loop."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._index = EventIndex()
+        # Position p is at index p - 1; rows as base.seal_rows makes them.
+        self._rows: list[tuple[Any, ...]] = []
+
+    def __repr__(self) -> str:
+        return f"MemoryStore(<{len(self._rows)} events>)"
+
+    async def append(self, events: Sequence[AgentEvent]) -> int:
+        """Assign versions, positions and hashes; skip known event ids; return the count."""
+        with self._lock:
+            rows = self._index.seal(events)
+            for row in rows:
+                self._index.add(row)
+            self._rows.extend(rows)
+        return len(rows)
+
+    async def get_events(
+        self,
+        session_id: str,
+        after_version: int = 0,
+        event_types: Iterable[str] | None = None,
+    ) -> list[AgentEvent]:
+        """One session's events with ``version > after_version``, in version order."""
+        types = event_types_filter(event_types)
+        with self._lock:
+            rows = self._rows
+            picked = [rows[p - 1] for p in self._index.positions(session_id, after_version)]
+        if types is not None:
+            picked = [r for r in picked if r[2] in types]
+        return [event_from_row(r) for r in picked]
+
+    async def read_all(self, after_position: int = 0, limit: int | None = None) -> list[AgentEvent]:
+        """Events of every session with ``position > after_position``, in position order."""
+        limit = check_limit(limit)
+        start = max(after_position, 0)
+        stop = None if limit is None else start + limit
+        with self._lock:
+            picked = self._rows[start:stop]
+        return [event_from_row(r) for r in picked]
+
+    async def list_sessions(self, limit: int | None = None) -> list[SessionInfo]:
+        """Sessions, most recently started first."""
+        limit = check_limit(limit)
+        with self._lock:
+            return self._index.session_infos(limit)
+
+    async def close(self) -> None:
+        """Nothing to release; the events stay readable."""

@@ -1,0 +1,421 @@
+"""The SQLite store: one file, many processes, the default backend.
+
+Every operation is one plain function run on the connection's aiosqlite
+thread, so an append is a single ``BEGIN IMMEDIATE`` ... ``COMMIT`` that no
+other task, thread or event loop can interleave with, and that a cancelled
+caller cannot leave half open. Processes sharing the file serialize on
+SQLite's write lock (waiting up to ``busy_timeout_ms``); readers see only
+committed events (WAL) and never block the writer.
+
+Durability: the database runs in WAL mode. With ``synchronous="NORMAL"``
+(the default) a returned ``append`` survives a crash of the process; with
+``"FULL"`` it also survives a power loss or OS crash, at the cost of an
+fsync per batch.
+
+Never: rewrite or delete stored rows (triggers refuse UPDATE and DELETE), or
+open or create anything before the first call (constructing a store only
+checks that its directory exists and is writable).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import aiosqlite
+import orjson
+
+from agent_trace.events import AgentEvent
+from agent_trace.stores.base import (
+    SessionInfo,
+    StoreError,
+    check_limit,
+    event_from_row,
+    event_types_filter,
+    seal_rows,
+    session_metadata,
+    unique_new_events,
+)
+
+__all__ = ["SQLiteStore"]
+
+T = TypeVar("T")
+_Pair = tuple[aiosqlite.Connection, sqlite3.Connection]
+
+SCHEMA_VERSION = 1
+_SYNCHRONOUS = ("OFF", "NORMAL", "FULL", "EXTRA")
+# Well under SQLite's bound-parameter limit (999 before 3.32).
+_CHUNK = 500
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS events (
+    position INTEGER PRIMARY KEY,
+    event_id TEXT NOT NULL UNIQUE,
+    session_id TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    event_type TEXT NOT NULL,
+    timestamp TEXT NOT NULL,
+    span_id TEXT,
+    parent_span_id TEXT,
+    schema_version INTEGER NOT NULL,
+    payload TEXT NOT NULL,
+    prev_hash TEXT NOT NULL,
+    hash TEXT NOT NULL,
+    UNIQUE (session_id, version)
+);
+CREATE TRIGGER IF NOT EXISTS events_no_update BEFORE UPDATE ON events
+BEGIN
+    SELECT RAISE(ABORT, 'agent_trace events are append-only: UPDATE is not allowed');
+END;
+CREATE TRIGGER IF NOT EXISTS events_no_delete BEFORE DELETE ON events
+BEGIN
+    SELECT RAISE(ABORT, 'agent_trace events are append-only: DELETE is not allowed');
+END;
+"""
+# No index on event_type: every read is by session (the UNIQUE index) or by
+# position (the primary key); another index would only slow appends.
+
+# Columns in AgentEvent field order: the row layout of base.seal_rows and event_from_row.
+_COLUMNS = (
+    "event_id, session_id, event_type, timestamp, payload, version, position, "
+    "span_id, parent_span_id, schema_version, prev_hash, hash"
+)
+_INSERT = f"INSERT INTO events ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+# For each listed session: its last version and hash. The MAX() subquery is
+# answered from the (session_id, version) index without scanning the session.
+_HEADS = (
+    "WITH s(id) AS (VALUES {values}) "
+    "SELECT e.session_id, e.version, e.hash FROM s JOIN events e "
+    "ON e.session_id = s.id "
+    "AND e.version = (SELECT MAX(version) FROM events WHERE session_id = s.id)"
+)
+_LIST_SESSIONS = """
+SELECT g.session_id, g.started_at, g.last_activity, g.event_count, g.last_version,
+    (SELECT m.payload FROM events m
+     WHERE m.session_id = g.session_id AND m.event_type = 'session_started'
+     ORDER BY m.version LIMIT 1)
+FROM (
+    SELECT session_id, MIN(timestamp) AS started_at, MAX(timestamp) AS last_activity,
+        COUNT(*) AS event_count, MAX(version) AS last_version, MIN(position) AS first_position
+    FROM events GROUP BY session_id
+    ORDER BY started_at DESC, first_position DESC LIMIT ?
+) g
+ORDER BY g.started_at DESC, g.first_position DESC
+"""
+
+
+class _OpenInterrupted(Exception):
+    """The task opening the connection was cancelled; a waiter should try again."""
+
+
+class SQLiteStore:
+    """Events in one SQLite file, shared safely by threads, event loops and processes.
+
+    ``path`` is resolved against the current directory when the store is
+    built; ``":memory:"`` gives a private in-memory database. A missing or
+    unwritable directory raises ``ConnectionError``/``PermissionError`` naming
+    the path right here; the file itself is created on first use.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        busy_timeout_ms: int = 30_000,
+        synchronous: str = "NORMAL",
+    ) -> None:
+        path = os.fspath(path)
+        self.path = path if path == ":memory:" else os.path.abspath(path)
+        if not isinstance(busy_timeout_ms, int) or busy_timeout_ms < 0:
+            raise ValueError(f"busy_timeout_ms must be an int >= 0, got {busy_timeout_ms!r}")
+        if str(synchronous).upper() not in _SYNCHRONOUS:
+            raise ValueError(f"synchronous must be one of {_SYNCHRONOUS}, got {synchronous!r}")
+        self.busy_timeout_ms = busy_timeout_ms
+        self.synchronous = str(synchronous).upper()
+        if self.path != ":memory:":
+            # A few stat calls, so a mistyped path fails where it is configured
+            # rather than later in a background writer. Nothing is opened yet.
+            _check_path(self.path)
+        self._guard = threading.Lock()
+        self._conn: _Pair | None = None
+        self._opening: concurrent.futures.Future[_Pair] | None = None
+
+    def __repr__(self) -> str:
+        return f"SQLiteStore({self.path!r})"
+
+    # --- the protocol ----------------------------------------------------------
+
+    async def append(self, events: Sequence[AgentEvent]) -> int:
+        """Durably append in one transaction; skip known event ids; return the count."""
+        if not events:
+            return 0
+        return await self._run(_append, list(events))
+
+    async def get_events(
+        self,
+        session_id: str,
+        after_version: int = 0,
+        event_types: Iterable[str] | None = None,
+    ) -> list[AgentEvent]:
+        """One session's events with ``version > after_version``, in version order."""
+        types = event_types_filter(event_types)
+        if types is not None and not types:
+            return []
+        return await self._run(_get_events, session_id, after_version, types)
+
+    async def read_all(self, after_position: int = 0, limit: int | None = None) -> list[AgentEvent]:
+        """Events of every session with ``position > after_position``, in position order."""
+        limit = check_limit(limit)
+        if limit == 0:
+            return []
+        return await self._run(_read_all, after_position, limit)
+
+    async def list_sessions(self, limit: int | None = None) -> list[SessionInfo]:
+        """Sessions, most recently started first."""
+        limit = check_limit(limit)
+        if limit == 0:
+            return []
+        return await self._run(_list_sessions, limit)
+
+    async def close(self) -> None:
+        """Close the connection; a later call opens a new one. Safe to call twice."""
+        with self._guard:
+            conn, self._conn, self._opening = self._conn, None, None
+        if conn is not None:
+            await conn[0].close()
+
+    # --- connection ------------------------------------------------------------
+
+    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        conn, db = self._conn or await self._connect()
+        # Connection._execute is aiosqlite's own "run this callable on the
+        # connection thread" (every public method goes through it). Running the
+        # whole operation in one call keeps it atomic and costs one thread hop.
+        return await conn._execute(fn, db, *args)
+
+    async def _connect(self) -> _Pair:
+        # Several tasks, threads or event loops may ask at once: one opens, the
+        # others wait on a thread-safe future (awaitable from any loop).
+        while True:
+            with self._guard:
+                if self._conn is not None:
+                    return self._conn
+                opening, owner = self._opening, self._opening is None
+                if owner:
+                    opening = self._opening = concurrent.futures.Future()
+            assert opening is not None
+            if not owner:
+                try:
+                    return await asyncio.wrap_future(opening)
+                except _OpenInterrupted:
+                    continue
+            try:
+                pair = await self._open()
+            except BaseException as exc:
+                with self._guard:
+                    self._opening = None
+                opening.set_exception(exc if isinstance(exc, Exception) else _OpenInterrupted())
+                raise
+            with self._guard:
+                self._conn = pair
+            opening.set_result(pair)
+            return pair
+
+    async def _open(self) -> _Pair:
+        path = self.path
+        if path != ":memory:":
+            _check_path(path)  # again: clearer errors than SQLite's if it changed since
+        opened: list[sqlite3.Connection] = []
+
+        def connect() -> sqlite3.Connection:
+            opened.append(sqlite3.connect(path, isolation_level=None))
+            return opened[0]
+
+        conn = aiosqlite.Connection(connect, iter_chunk_size=64)
+        # aiosqlite's worker is not a daemon thread: a store the program forgot
+        # to close would otherwise keep the interpreter from exiting. (Before
+        # aiosqlite 0.20 the connection was itself the thread.)
+        worker = conn if isinstance(conn, threading.Thread) else conn._thread
+        worker.daemon = True
+        try:
+            await conn
+        except sqlite3.Error as exc:
+            raise ConnectionError(f"cannot open SQLite store {path!r}: {exc}") from exc
+        db = opened[0]
+        try:
+            await conn._execute(self._set_up, db)
+        except BaseException as exc:
+            await conn.close()
+            if isinstance(exc, sqlite3.Error):
+                raise ConnectionError(f"cannot open SQLite store {path!r}: {exc}") from exc
+            raise
+        return conn, db
+
+    def _set_up(self, db: sqlite3.Connection) -> None:
+        """PRAGMAs and schema (runs on the connection thread)."""
+        db.execute(f"PRAGMA busy_timeout = {self.busy_timeout_ms}")
+        # Switching a new file to WAL while other processes open it too can fail
+        # with SQLITE_BUSY at once (SQLite skips the busy handler to avoid a
+        # deadlock), so the setup retries until busy_timeout.
+        deadline = time.monotonic() + self.busy_timeout_ms / 1000
+        while True:
+            try:
+                db.execute("PRAGMA journal_mode = WAL")
+                db.execute(f"PRAGMA synchronous = {self.synchronous}")
+                _ensure_schema(db, self.path)
+                return
+            except sqlite3.OperationalError as exc:
+                if not _is_busy(exc) or time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.005)
+
+
+def _check_path(path: str) -> None:
+    p = Path(path)
+    parent = p.parent
+    where = f"cannot open SQLite store {path!r}"
+    if not parent.is_dir():
+        raise ConnectionError(f"{where}: directory {str(parent)!r} does not exist")
+    if p.is_dir():
+        raise ConnectionError(f"{where}: it is a directory")
+    # WAL mode creates -wal and -shm files beside the database.
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise PermissionError(f"{where}: directory {str(parent)!r} is not writable")
+    if p.exists() and not os.access(p, os.R_OK | os.W_OK):
+        raise PermissionError(f"{where}: the file is not readable and writable")
+
+
+def _is_busy(exc: sqlite3.OperationalError) -> bool:
+    code = getattr(exc, "sqlite_errorcode", None)  # Python 3.11+
+    if code is not None:
+        return code & 0xFF in (5, 6)  # SQLITE_BUSY, SQLITE_LOCKED and their extended codes
+    return "locked" in str(exc) or "busy" in str(exc)
+
+
+def _ensure_schema(db: sqlite3.Connection, path: str) -> None:
+    (version,) = db.execute("PRAGMA user_version").fetchone()
+    if version == SCHEMA_VERSION:
+        return
+    if version > SCHEMA_VERSION:
+        raise StoreError(
+            f"SQLite store {path!r} has schema version {version}; this agent_trace knows "
+            f"up to {SCHEMA_VERSION}: upgrade agent_trace"
+        )
+    db.execute("BEGIN IMMEDIATE")  # another process may be creating it right now
+    try:
+        (version,) = db.execute("PRAGMA user_version").fetchone()
+        if version < SCHEMA_VERSION:
+            for statement in _statements(_SCHEMA):
+                db.execute(statement)
+            db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        db.execute("COMMIT")
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+
+
+def _statements(script: str) -> list[str]:
+    # Split on ';' at statement ends, keeping each trigger body (which has its
+    # own ';') whole: sqlite3.complete_statement tells when one is finished.
+    out, current = [], ""
+    for piece in script.split(";"):
+        current += piece + ";"
+        if sqlite3.complete_statement(current):
+            if current.strip() != ";":
+                out.append(current.strip())
+            current = ""
+    return out
+
+
+# --- operations: each runs whole on the connection thread ----------------------
+
+
+def _placeholders(n: int) -> str:
+    return ",".join("?" * n)
+
+
+def _append(db: sqlite3.Connection, events: list[AgentEvent]) -> int:
+    ids = [ev.event_id for ev in events]
+    if len(set(ids)) != len(ids):
+        events = unique_new_events(events, ())
+        ids = [ev.event_id for ev in events]
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        # Fresh UUIDv7 ids sort after every stored one, and then none can be
+        # stored: one index lookup instead of one per event. (Python and SQLite
+        # order strings alike: by code point, i.e. by UTF-8 bytes.)
+        (max_stored,) = db.execute("SELECT MAX(event_id) FROM events").fetchone()
+        new = events
+        if max_stored is not None and min(ids) <= max_stored:
+            stored: set[str] = set()
+            for i in range(0, len(ids), _CHUNK):
+                chunk = ids[i : i + _CHUNK]
+                sql = f"SELECT event_id FROM events WHERE event_id IN ({_placeholders(len(chunk))})"
+                stored.update(row[0] for row in db.execute(sql, chunk))
+            if stored:
+                new = [ev for ev in events if ev.event_id not in stored]
+        if not new:
+            db.execute("ROLLBACK")
+            return 0
+        sessions = list(dict.fromkeys(ev.session_id for ev in new))
+        heads: dict[str, tuple[int, str]] = {}
+        for i in range(0, len(sessions), _CHUNK):
+            chunk = sessions[i : i + _CHUNK]
+            sql = _HEADS.format(values=",".join(["(?)"] * len(chunk)))
+            for sid, version, digest in db.execute(sql, chunk):
+                heads[sid] = (version, digest)
+        (last_position,) = db.execute("SELECT MAX(position) FROM events").fetchone()
+        db.executemany(_INSERT, seal_rows(new, heads, (last_position or 0) + 1))
+        db.execute("COMMIT")
+    except BaseException:
+        if db.in_transaction:
+            db.execute("ROLLBACK")
+        raise
+    return len(new)
+
+
+def _get_events(
+    db: sqlite3.Connection,
+    session_id: str,
+    after_version: int,
+    types: frozenset[str] | None,
+) -> list[AgentEvent]:
+    sql = f"SELECT {_COLUMNS} FROM events WHERE session_id = ? AND version > ?"
+    params: list[Any] = [session_id, after_version]
+    if types is not None and len(types) <= _CHUNK:
+        sql += f" AND event_type IN ({_placeholders(len(types))})"
+        params.extend(types)
+    rows = db.execute(sql + " ORDER BY version", params).fetchall()
+    if types is not None and len(types) > _CHUNK:
+        rows = [r for r in rows if r[2] in types]
+    return [event_from_row(r) for r in rows]
+
+
+def _read_all(db: sqlite3.Connection, after_position: int, limit: int | None) -> list[AgentEvent]:
+    rows = db.execute(
+        f"SELECT {_COLUMNS} FROM events WHERE position > ? ORDER BY position LIMIT ?",
+        (after_position, -1 if limit is None else limit),
+    ).fetchall()
+    return [event_from_row(r) for r in rows]
+
+
+def _list_sessions(db: sqlite3.Connection, limit: int | None) -> list[SessionInfo]:
+    rows = db.execute(_LIST_SESSIONS, (-1 if limit is None else limit,)).fetchall()
+    return [
+        SessionInfo(
+            session_id=sid,
+            started_at=started,
+            last_activity=last,
+            event_count=count,
+            last_version=last_version,
+            metadata=session_metadata(orjson.loads(meta)) if meta is not None else {},
+        )
+        for sid, started, last, count, last_version, meta in rows
+    ]

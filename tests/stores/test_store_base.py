@@ -1,0 +1,95 @@
+"""The helpers every store shares: sealing rows, deduplication, the in-memory index."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from store_helpers import make_event
+
+from agent_trace.events import AgentEvent, compute_hash, payload_bytes
+from agent_trace.stores.base import (
+    EventIndex,
+    StoreError,
+    assign_chain,
+    event_from_row,
+    seal_rows,
+    unique_new_events,
+)
+
+_json = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**63), max_value=2**63 - 1)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(),
+    lambda inner: (
+        st.lists(inner, max_size=4)
+        | st.tuples(inner, inner)
+        | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
+_events = st.lists(
+    st.builds(
+        AgentEvent,
+        event_id=st.uuids().map(str),
+        session_id=st.sampled_from(["a", "b", "ü/ñ:1"]),
+        event_type=st.sampled_from(["tool_executed", "x.y:z-1"]),
+        timestamp=st.text(max_size=32),
+        payload=st.dictionaries(st.text(max_size=8), _json, max_size=5),
+        span_id=st.none() | st.text(max_size=16),
+        parent_span_id=st.none() | st.text(max_size=16),
+        schema_version=st.integers(min_value=1, max_value=5),
+    ),
+    max_size=8,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(events=_events, first_position=st.integers(min_value=1, max_value=10**9))
+def test_seal_rows_matches_assign_chain_and_compute_hash(events, first_position) -> None:
+    heads = {"a": (3, "f" * 64)}
+    rows = seal_rows(events, dict(heads), first_position)
+    sealed = assign_chain(events, dict(heads), first_position)
+    assert len(rows) == len(sealed)
+    for row, (ev, pj) in zip(rows, sealed, strict=True):
+        stored = event_from_row(row)
+        # Every field the same (the payload as JSON gives it back) ...
+        assert stored == dataclasses.replace(ev, payload=stored.payload)
+        # ... the payload text exactly the canonical bytes, and the hash verifies.
+        assert row[4] == pj.decode()
+        assert payload_bytes(stored.payload) == pj
+        assert compute_hash(stored) == row[11]
+
+
+def test_seal_rows_leaves_the_callers_heads_alone_on_failure() -> None:
+    index = EventIndex()
+    for row in index.seal([make_event("s")]):
+        index.add(row)
+    heads_before = dict(index.heads)
+    with pytest.raises(TypeError):
+        index.seal([make_event("s"), make_event("s", payload={"bad": object()})])
+    assert index.heads == heads_before
+
+
+def test_unique_new_events_keeps_the_first_of_each_id() -> None:
+    a, b = make_event("s"), make_event("s")
+    a2 = make_event("s", payload={"other": 1}, event_id=a.event_id)
+    assert unique_new_events([a, b, a2, b], ()) == [a, b]
+    assert unique_new_events([a, b, a2], {b.event_id}) == [a]
+
+
+def test_index_refuses_a_row_that_does_not_follow() -> None:
+    index = EventIndex()
+    rows = index.seal([make_event("s"), make_event("s"), make_event("s")])
+    index.add(rows[0])
+    with pytest.raises(StoreError, match="does not follow"):
+        index.add(rows[2])  # a gap
+    with pytest.raises(StoreError, match="does not follow"):
+        index.add(rows[0])  # a repeat
+    index.add(rows[1])
+    index.add(rows[2])
+    assert index.heads["s"] == (3, rows[2][11])

@@ -1,0 +1,98 @@
+"""What only the JSONL store promises: its file format and crash recovery."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import orjson
+import pytest
+from store_helpers import assert_chain, make_event
+
+from agent_trace.events import payload_bytes
+from agent_trace.stores import JSONLStore, StoreError, open_store
+
+
+async def test_one_canonical_json_object_per_line(tmp_path: Path) -> None:
+    directory = tmp_path / "deep" / "er"  # parents are created
+    store = JSONLStore(directory)
+    await store.append([make_event("s", payload={"z": 1, "a": (1, 2)}), make_event("t")])
+    events = await store.read_all()
+    await store.close()
+
+    lines = (directory / "events.jsonl").read_bytes().splitlines(keepends=True)
+    assert len(lines) == 2 and all(line.endswith(b"\n") for line in lines)
+    for line, ev in zip(lines, events, strict=True):
+        assert orjson.loads(line) == ev.to_dict()
+    # The payload is stored exactly as hashed: canonical, sorted keys.
+    assert b'"payload":' + payload_bytes(events[0].payload) + b"," in lines[0]
+
+
+async def test_building_a_store_does_no_io(tmp_path: Path) -> None:
+    JSONLStore(tmp_path / "j")
+    open_store(f"jsonl:///{tmp_path / 'k'}")
+    assert list(tmp_path.iterdir()) == []
+
+
+async def test_torn_last_line_is_ignored_then_truncated(tmp_path: Path) -> None:
+    store = JSONLStore(tmp_path)
+    await store.append([make_event("s"), make_event("s")])
+    await store.close()
+    path = tmp_path / "events.jsonl"
+    whole = path.read_bytes()
+    # A writer crashed in the middle of its line: never acknowledged.
+    path.write_bytes(whole + b'{"event_id": "0190a1b2-torn", "session_id": "s", "ver')
+
+    reader = JSONLStore(tmp_path)
+    assert [ev.version for ev in await reader.get_events("s")] == [1, 2]
+    assert path.read_bytes().startswith(whole)  # readers do not repair
+
+    assert await reader.append([make_event("s")]) == 1
+    lines = path.read_bytes().splitlines()
+    assert len(lines) == 3
+    assert all(orjson.loads(line)["session_id"] == "s" for line in lines)
+    assert_chain(await reader.get_events("s"))
+    await reader.close()
+
+    fresh = JSONLStore(tmp_path)
+    assert_chain(await fresh.get_events("s"))
+    await fresh.close()
+
+
+async def test_a_corrupt_complete_line_is_reported(tmp_path: Path) -> None:
+    store = JSONLStore(tmp_path)
+    await store.append([make_event("s")])
+    await store.close()
+    with (tmp_path / "events.jsonl").open("ab") as f:
+        f.write(b"not json at all\n")
+    with pytest.raises(StoreError, match="unreadable line"):
+        await JSONLStore(tmp_path).read_all()
+
+
+async def test_an_edited_history_is_reported(tmp_path: Path) -> None:
+    store = JSONLStore(tmp_path)
+    await store.append([make_event("s"), make_event("s"), make_event("s")])
+    await store.close()
+    path = tmp_path / "events.jsonl"
+    lines = path.read_bytes().splitlines(keepends=True)
+    path.write_bytes(lines[0] + lines[2])  # a deleted event leaves a version gap
+    with pytest.raises(StoreError, match="does not follow"):
+        await JSONLStore(tmp_path).get_events("s")
+
+
+async def test_another_writer_is_seen_by_an_open_store(tmp_path: Path) -> None:
+    a, b = JSONLStore(tmp_path), JSONLStore(tmp_path)
+    await a.append([make_event("s")])
+    assert len(await b.read_all()) == 1
+    await b.append([make_event("s")])
+    assert [ev.version for ev in await a.get_events("s")] == [1, 2]
+    await a.close()
+    await b.close()
+
+
+async def test_directory_that_is_a_file_is_a_clear_error(tmp_path: Path) -> None:
+    target = tmp_path / "a-file"
+    target.write_text("x")
+    store = JSONLStore(target)
+    with pytest.raises((ValueError, PermissionError, ConnectionError), match=str(target)):
+        await store.append([make_event("s")])
+    await store.close()
