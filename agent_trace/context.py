@@ -43,6 +43,13 @@ _session: contextvars.ContextVar[Session | None] = contextvars.ContextVar(
 _span: contextvars.ContextVar[Span | None] = contextvars.ContextVar(
     "agent_trace.span", default=None
 )
+# The active replay (agent_trace.replay), consulted by every recorded call:
+# an object with ``lookup(kind, name, args) -> mock or None`` (None: run live).
+_replay: contextvars.ContextVar[Any] = contextvars.ContextVar("agent_trace.replay", default=None)
+
+
+# Event types already validated: emit() is on the hot path, the regex is not free.
+_valid_types: set[str] = set()
 
 
 def current_session() -> Session | None:
@@ -62,7 +69,10 @@ def emit(event_type: str, payload: dict[str, Any] | None = None) -> None:
             f"agent_trace.emit({event_type!r}) needs a session: call it inside "
             "`with agent_trace.session(...)` / `async with agent_trace.session(...)`"
         )
-    validate_event_type(event_type)
+    if type(event_type) is not str or event_type not in _valid_types:
+        validate_event_type(event_type)
+        if len(_valid_types) < 10_000:  # an app has few types; don't grow without bound
+            _valid_types.add(event_type)
     if payload is not None and not isinstance(payload, dict):
         raise TypeError(f"emit() payload must be a dict, got {type(payload).__name__}")
     rec = get_recorder()

@@ -22,7 +22,7 @@ from typing import Any, TypeVar, overload
 import wrapt
 
 from agent_trace.capture import CaptureOptions, capture
-from agent_trace.context import _session, _span, session
+from agent_trace.context import _replay, _session, _span, session
 from agent_trace.events import new_span_id
 from agent_trace.recorder import Recorder, get_recorder
 
@@ -141,7 +141,18 @@ class _Recorded:
 class _Call:
     """One recorded call in flight: emits its events and owns its span."""
 
-    __slots__ = ("args", "fields", "opts", "parent", "rec", "recorded", "session_id", "span", "t0")
+    __slots__ = (
+        "args",
+        "fields",
+        "mock",
+        "opts",
+        "parent",
+        "rec",
+        "recorded",
+        "session_id",
+        "span",
+        "t0",
+    )
 
     def __init__(self, recorded: _Recorded, session_id: str, args: dict[str, Any]) -> None:
         self.recorded = recorded
@@ -155,6 +166,12 @@ class _Call:
         common = recorded.kind.common
         self.fields = common(recorded, args) if common is not None else None
         self.t0 = 0.0
+        # Under replay, a recorded outcome stands in for the function body. The
+        # replayer raises ReplayDivergence here, before anything runs.
+        replayer = _replay.get()
+        self.mock = (
+            None if replayer is None else replayer.lookup(recorded.kind.label, recorded.name, args)
+        )
 
     def _emit(self, event_type: str, body: dict[str, Any]) -> int:
         return self.rec.emit(
@@ -229,7 +246,7 @@ def _sync_wrapper(recorded: _Recorded) -> Callable[..., Any]:
             call.rec.wait_sync(n)
         token = _span.set(call.span)
         try:
-            result = wrapped(*args, **kwargs)
+            result = wrapped(*args, **kwargs) if call.mock is None else call.mock.play()
         except BaseException as exc:
             _span.reset(token)
             n = call.fail(exc)
@@ -256,7 +273,10 @@ def _async_wrapper(recorded: _Recorded) -> Callable[..., Any]:
             await rec.wait(n)
         token = _span.set(call.span)
         try:
-            result = await wrapped(*args, **kwargs)
+            if call.mock is None:
+                result = await wrapped(*args, **kwargs)
+            else:
+                result = call.mock.play()
         except BaseException as exc:
             _span.reset(token)
             n = call.fail(exc)
@@ -328,7 +348,8 @@ def _gen_wrapper(recorded: _Recorded) -> Callable[..., Any]:
             if not _auto_session():
                 return wrapped(*args, **kwargs)
             return auto(wrapped, instance, args, kwargs)
-        return drive(call, wrapped(*args, **kwargs))
+        gen = wrapped(*args, **kwargs) if call.mock is None else _replayed_sync(call.mock.chunks())
+        return drive(call, gen)
 
     return wrapper
 
@@ -380,9 +401,19 @@ def _asyncgen_wrapper(recorded: _Recorded) -> Callable[..., Any]:
             if not _auto_session():
                 return wrapped(*args, **kwargs)
             return auto(wrapped, instance, args, kwargs)
-        return drive(call, wrapped(*args, **kwargs))
+        agen = wrapped(*args, **kwargs) if call.mock is None else _replayed(call.mock.chunks())
+        return drive(call, agen)
 
     return wrapper
+
+
+async def _replayed(chunks: list[Any]) -> Any:
+    for chunk in chunks:
+        yield chunk
+
+
+def _replayed_sync(chunks: list[Any]) -> Any:
+    yield from chunks
 
 
 class _Stream:

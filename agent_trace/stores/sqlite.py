@@ -88,6 +88,14 @@ _COLUMNS = (
     "span_id, parent_span_id, schema_version, prev_hash, hash"
 )
 _INSERT = f"INSERT INTO events ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+# Rows per multi-row INSERT. executemany steps (and so releases and re-takes
+# the GIL) once per row; under a busy caller thread each re-take can wait a
+# whole switch interval. One statement per block of rows steps once. The
+# block stays under SQLite's bound-parameter limit (999 before 3.32).
+_ROWS_PER_INSERT = 500 if sqlite3.sqlite_version_info >= (3, 32, 0) else 80
+_INSERT_BLOCK = f"INSERT INTO events ({_COLUMNS}) VALUES " + ",".join(
+    ["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"] * _ROWS_PER_INSERT
+)
 # For each listed session: its last version and hash. The MAX() subquery is
 # answered from the (session_id, version) index without scanning the session.
 _HEADS = (
@@ -372,13 +380,22 @@ def _append(db: sqlite3.Connection, events: list[AgentEvent]) -> int:
             for sid, version, digest in db.execute(sql, chunk):
                 heads[sid] = (version, digest)
         (last_position,) = db.execute("SELECT MAX(position) FROM events").fetchone()
-        db.executemany(_INSERT, seal_rows(new, heads, (last_position or 0) + 1))
+        _insert(db, seal_rows(new, heads, (last_position or 0) + 1))
         db.execute("COMMIT")
     except BaseException:
         if db.in_transaction:
             db.execute("ROLLBACK")
         raise
     return len(new)
+
+
+def _insert(db: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> None:
+    n = _ROWS_PER_INSERT
+    full = len(rows) - len(rows) % n
+    for i in range(0, full, n):
+        db.execute(_INSERT_BLOCK, [v for row in rows[i : i + n] for v in row])
+    if full < len(rows):
+        db.executemany(_INSERT, rows[full:])
 
 
 def _get_events(
