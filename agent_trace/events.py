@@ -21,6 +21,7 @@ __all__ = [
     "AgentEvent",
     "GENESIS_HASH",
     "canonical_bytes",
+    "chain_hash",
     "compute_hash",
     "format_timestamp",
     "new_span_id",
@@ -104,30 +105,83 @@ def canonical_bytes(event: AgentEvent, *, payload_json: bytes | None = None) -> 
     ``payload_json`` lets a store that already serialized the payload (sorted
     keys) reuse those bytes instead of serializing twice.
     """
-    if payload_json is None:
-        payload_json = payload_bytes(event.payload)
-    return orjson.dumps(
-        {
-            "event_id": event.event_id,
-            "event_type": event.event_type,
-            "parent_span_id": event.parent_span_id,
-            "payload": orjson.Fragment(payload_json),
-            "prev_hash": event.prev_hash,
-            "schema_version": event.schema_version,
-            "session_id": event.session_id,
-            "span_id": event.span_id,
-            "timestamp": event.timestamp,
-            "version": event.version,
-        },
-        option=orjson.OPT_SORT_KEYS,
+    return _canonical(
+        event.event_id,
+        event.event_type,
+        event.parent_span_id,
+        payload_bytes(event.payload) if payload_json is None else payload_json,
+        event.prev_hash,
+        event.schema_version,
+        event.session_id,
+        event.span_id,
+        event.timestamp,
+        event.version,
     )
 
 
 def compute_hash(event: AgentEvent, *, payload_json: bytes | None = None) -> str:
     """``sha256(prev_hash + canonical(event))`` as 64 hex chars."""
-    h = hashlib.sha256(event.prev_hash.encode())
-    h.update(canonical_bytes(event, payload_json=payload_json))
-    return h.hexdigest()
+    canonical = canonical_bytes(event, payload_json=payload_json)
+    return hashlib.sha256(event.prev_hash.encode() + canonical).hexdigest()
+
+
+def chain_hash(
+    event_id: str,
+    event_type: str,
+    parent_span_id: str | None,
+    payload_json: bytes,
+    prev_hash: str,
+    schema_version: int,
+    session_id: str,
+    span_id: str | None,
+    timestamp: str,
+    version: int,
+) -> str:
+    """:func:`compute_hash` from field values: the stores' sealing hot path."""
+    canonical = _canonical(
+        event_id,
+        event_type,
+        parent_span_id,
+        payload_json,
+        prev_hash,
+        schema_version,
+        session_id,
+        span_id,
+        timestamp,
+        version,
+    )
+    return hashlib.sha256(prev_hash.encode() + canonical).hexdigest()
+
+
+def _canonical(
+    event_id: str,
+    event_type: str,
+    parent_span_id: str | None,
+    payload_json: bytes,
+    prev_hash: str,
+    schema_version: int,
+    session_id: str,
+    span_id: str | None,
+    timestamp: str,
+    version: int,
+) -> bytes:
+    # The one definition of the canonical form (SPEC 8). Keys are written in
+    # sorted order, so orjson need not sort them; the payload arrives as its
+    # own sorted-keys JSON.
+    return orjson.dumps(
+        {
+            "event_id": event_id,
+            "event_type": event_type,
+            "parent_span_id": parent_span_id,
+            "payload": orjson.Fragment(payload_json),
+            "prev_hash": prev_hash,
+            "schema_version": schema_version,
+            "session_id": session_id,
+            "span_id": span_id,
+            "timestamp": timestamp,
+            "version": version,
+        }
+    )
 
 
 # --- ids and timestamps ----------------------------------------------------
