@@ -354,3 +354,43 @@ def test_flush_timeout_returns_false_while_store_is_down(use_store):
     store.failures = 0
     assert at.flush_sync(timeout=10) is True
     assert len(at.get_events_sync("r-down", store=store)) == 3
+
+
+def test_forked_workers_record_into_the_same_store(tmp_path):
+    proc = _run_script(
+        tmp_path,
+        """
+        import multiprocessing as mp
+        import agent_trace as at
+
+        @at.record_tool
+        def work(i):
+            return i * i
+
+        def child(n):
+            with at.session(f"fork-child-{n}"):
+                for i in range(50):
+                    work(i)
+
+        if __name__ == "__main__":
+            with at.session("fork-parent"):
+                at.configure(flush_on_session_end=False)
+                for i in range(10):
+                    work(i)  # still queued in the parent when the children fork
+                ctx = mp.get_context("fork")
+                procs = [ctx.Process(target=child, args=(n,)) for n in range(3)]
+                for p in procs:
+                    p.start()
+                for p in procs:
+                    p.join()
+                    assert p.exitcode == 0
+        """,
+    )
+    assert proc.returncode == 0, proc.stderr
+    store = f"sqlite:///{tmp_path / 'agent_trace.db'}"
+    parent = at.get_events_sync("fork-parent", store=store)
+    assert len(parent) == 2 + 20  # written once, by the parent only
+    for n in range(3):
+        events = at.get_events_sync(f"fork-child-{n}", store=store)
+        assert len(events) == 2 + 100
+        assert [e.version for e in events] == list(range(1, 103))
