@@ -11,6 +11,7 @@ import random
 import re
 import threading
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
@@ -27,6 +28,7 @@ __all__ = [
     "new_span_id",
     "payload_bytes",
     "uuid7",
+    "uuid7_many",
     "validate_event_type",
     "validate_session_id",
 ]
@@ -194,6 +196,7 @@ _rand = random.getrandbits
 _uuid_lock = threading.Lock()
 _last_ms = 0
 _seq = 0
+_prefix = ""
 
 
 def uuid7(unix_ns: int | None = None) -> str:
@@ -202,23 +205,31 @@ def uuid7(unix_ns: int | None = None) -> str:
     The 12-bit ``rand_a`` field is a counter within one millisecond (method 1
     of the RFC), so ids minted in the same millisecond still sort in order.
     """
-    global _last_ms, _seq
-    ms = (time.time_ns() if unix_ns is None else unix_ns) // 1_000_000
     with _uuid_lock:
-        if ms > _last_ms:
-            _last_ms, _seq = ms, _rand(7)
-        else:
-            # Same (or an earlier, clock stepped back) millisecond: keep order.
-            ms = _last_ms
-            _seq += 1
-            if _seq > 0xFFF:
-                _last_ms += 1
-                ms, _seq = _last_ms, 0
-        seq = _seq
-    rand_b = _rand(62)
-    n = (ms << 80) | (0x7 << 76) | (seq << 64) | (0b10 << 62) | rand_b
-    h = f"{n:032x}"
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+        return _next_uuid7(time.time_ns() if unix_ns is None else unix_ns)
+
+
+def uuid7_many(unix_ns: Iterable[int]) -> list[str]:
+    """One :func:`uuid7` per timestamp, in order, under one lock acquisition."""
+    with _uuid_lock:
+        return [_next_uuid7(ns) for ns in unix_ns]
+
+
+def _next_uuid7(unix_ns: int) -> str:
+    global _last_ms, _seq, _prefix
+    ms = unix_ns // 1_000_000
+    if ms > _last_ms:
+        _last_ms, _seq = ms, _rand(7)
+        _prefix = f"{ms >> 16:08x}-{ms & 0xFFFF:04x}-"
+    else:
+        # Same (or an earlier, clock stepped back) millisecond: keep order.
+        _seq += 1
+        if _seq > 0xFFF:
+            _last_ms += 1
+            _seq = 0
+            _prefix = f"{_last_ms >> 16:08x}-{_last_ms & 0xFFFF:04x}-"
+    # version 7 | counter, then variant 0b10 | 62 random bits
+    return f"{_prefix}{0x7000 | _seq:04x}-{0x8000 | _rand(14):04x}-{_rand(48):012x}"
 
 
 def new_span_id() -> str:

@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from agent_trace.config import Settings, get_settings
-from agent_trace.events import AgentEvent, format_timestamp, uuid7
+from agent_trace.events import AgentEvent, format_timestamp, uuid7_many
 
 if TYPE_CHECKING:
     from agent_trace.stores.base import EventStore
@@ -270,7 +270,8 @@ class Recorder:
         self._in_flight = n
         with self._changed:
             self._changed.notify_all()  # room for emitters waiting on a full buffer
-        return [_seal(item) for item in items]
+        ids = uuid7_many([item[0] for item in items])
+        return [_seal(item, event_id) for item, event_id in zip(items, ids, strict=True)]
 
     async def _write(self, batch: list[AgentEvent]) -> None:
         delay = 0.05
@@ -348,10 +349,10 @@ def _resolve(fut: asyncio.Future[None]) -> None:
         fut.set_result(None)
 
 
-def _seal(item: Pending) -> AgentEvent:
+def _seal(item: Pending, event_id: str) -> AgentEvent:
     ns, session_id, event_type, payload_json, span_id, parent, schema_version = item
     return AgentEvent(
-        event_id=uuid7(ns),
+        event_id=event_id,
         session_id=session_id,
         event_type=event_type,
         timestamp=format_timestamp(ns),
