@@ -36,8 +36,7 @@ def sync_tool(query: str) -> str:
 
 @at.record_tool
 def gen_tool(n: int):
-    for i in range(n):
-        yield i
+    yield from range(n)
     return "done"
 
 
@@ -276,7 +275,7 @@ async def test_same_return_object_and_same_exception(memory_store):
     frames = [f.name for f in traceback.extract_tb(info.value.__traceback__)]
     assert "boom" in frames  # the original raising frame is still in the traceback
     events = await events_of("s-same")
-    failed = [e for e in events if e.event_type == "tool_failed"][0]
+    failed = next(e for e in events if e.event_type == "tool_failed")
     assert failed.payload["tool"] == "boom"
     assert failed.payload["error_type"] == "ValueError"
     assert failed.payload["error"] == "bad input"
@@ -407,7 +406,7 @@ async def test_concurrent_tasks_keep_their_own_span_and_session(memory_store):
     assert results == [[f"s-conc-{i}"] * 2 for i in range(10)]
     for i in range(10):
         events = await events_of(f"s-conc-{i}")
-        decision = [e for e in events if e.event_type == "decision_made"][0]
+        decision = next(e for e in events if e.event_type == "decision_made")
         steps = [e for e in events if e.event_type == "tool_started"]
         assert len(steps) == 2
         assert {s.parent_span_id for s in steps} == {decision.span_id}
@@ -481,7 +480,12 @@ async def test_decision_failure_and_one_fact(memory_store):
         with pytest.raises(LookupError):
             pick([])
     events = await events_of("s-decision")
-    assert types_of(events) == ["session_started", "decision_made", "decision_failed", "session_ended"]
+    assert types_of(events) == [
+        "session_started",
+        "decision_made",
+        "decision_failed",
+        "session_ended",
+    ]
     assert events[1].payload["choice"] == "a" and events[1].payload["reasoning"] is None
 
 

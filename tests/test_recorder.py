@@ -188,9 +188,8 @@ def test_threads_carry_the_session_with_context_executor(memory_store):
     def fetch(i):
         return at.current_session().id if at.current_session() else None
 
-    with at.session("r-pool"):
-        with at.ContextExecutor(max_workers=4) as pool:
-            results = list(pool.map(fetch, range(8)))
+    with at.session("r-pool"), at.ContextExecutor(max_workers=4) as pool:
+        results = list(pool.map(fetch, range(8)))
     assert results == ["r-pool"] * 8
     events = at.get_events_sync("r-pool")
     assert sum(e.event_type == "tool_executed" for e in events) == 8
@@ -328,13 +327,15 @@ def test_default_store_is_agent_trace_db_in_cwd(tmp_path):
 def test_env_var_chooses_the_store(tmp_path):
     script = tmp_path / "env.py"
     script.write_text(
-        "import agent_trace as at\n"
-        "with at.session('env-store'):\n"
-        "    at.emit('tick', {})\n"
+        "import agent_trace as at\nwith at.session('env-store'):\n    at.emit('tick', {})\n"
     )
     env = {**__import__("os").environ, "AGENT_TRACE_STORE": "jsonl:///" + str(tmp_path / "log")}
     proc = subprocess.run(
-        [sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True, text=True,
+        [sys.executable, str(script)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
         timeout=60,
     )
     assert proc.returncode == 0, proc.stderr
