@@ -72,7 +72,6 @@ class Recorder:
         self.queue: deque[Pending] = deque()
         self._enqueued = 0  # events ever appended to _queue
         self._written = 0  # events durable in the store (a prefix of the queue order)
-        self._in_flight = 0
         self._retried = 0
         self._batches = 0
         self._failures = 0
@@ -267,7 +266,6 @@ class Recorder:
         n = min(len(q), self._settings.batch_size)
         popleft = q.popleft
         items = [popleft() for _ in range(n)]
-        self._in_flight = n
         with self._changed:
             self._changed.notify_all()  # room for emitters waiting on a full buffer
         ids = uuid7_many([item[0] for item in items])
@@ -299,7 +297,6 @@ class Recorder:
         if outage:
             log.warning("agent_trace: store is back; %d events written after retry", len(batch))
         self._batches += 1
-        self._in_flight = 0
         with self._changed:
             self._written += len(batch)
             self._changed.notify_all()
@@ -424,17 +421,20 @@ def _after_fork_in_child() -> None:
         _recorder = Recorder(settings)
 
 
-def _register_exit_hook() -> None:
-    # aiosqlite's worker thread is not a daemon, so the interpreter joins it
-    # before running atexit hooks; flushing and closing must happen earlier,
-    # at the point concurrent.futures uses for the same reason.
-    register = getattr(threading, "_register_atexit", None)
-    if register is not None:
-        register(_at_exit)
-    else:  # pragma: no cover - every supported CPython has it
-        atexit.register(_at_exit)
+def _flush_before_thread_join() -> None:
+    rec = _recorder
+    if rec is not None:
+        rec.flush_sync(rec.settings.exit_timeout)
 
 
-_register_exit_hook()
+# Two exit points. atexit hooks run after the interpreter has joined every
+# non-daemon thread, so events that worker threads emit up to their end are
+# flushed too (the writer and the stores' worker threads are daemons, still
+# alive then). But a multiprocessing child ends with os._exit and runs only
+# the hooks registered where concurrent.futures registers its own: flush there.
+atexit.register(_at_exit)
+_register_before_join = getattr(threading, "_register_atexit", None)
+if _register_before_join is not None:
+    _register_before_join(_flush_before_thread_join)
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)

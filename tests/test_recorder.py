@@ -395,3 +395,24 @@ def test_forked_workers_record_into_the_same_store(tmp_path):
         events = at.get_events_sync(f"fork-child-{n}", store=store)
         assert len(events) == 2 + 100
         assert [e.version for e in events] == list(range(1, 103))
+
+
+def test_exit_flushes_events_from_threads_still_running(tmp_path):
+    proc = _run_script(
+        tmp_path,
+        """
+        import threading, time
+        import agent_trace as at
+
+        def worker():
+            with at.session("exit-worker"):
+                time.sleep(0.3)  # still running when the main thread ends
+                for i in range(100):
+                    at.emit("tick", {"i": i})
+
+        threading.Thread(target=worker).start()
+        """,
+    )
+    assert proc.returncode == 0, proc.stderr
+    events = at.get_events_sync("exit-worker", store=f"sqlite:///{tmp_path / 'agent_trace.db'}")
+    assert len(events) == 102
