@@ -247,18 +247,30 @@ class Recorder:
 
     def _run(self) -> None:
         loop = asyncio.new_event_loop()
-        self._loop = loop
+        # At most one append in flight. While the store works on it (in its
+        # own thread or server), this thread seals the next batch; that batch
+        # is appended only after the previous one is durable, so order holds.
+        in_flight: asyncio.Task[None] | None = None
         try:
             while True:
                 self._wake.clear()
                 if not self.queue:
+                    if in_flight is not None:
+                        loop.run_until_complete(in_flight)
+                        in_flight = None
+                        continue
                     if self._stopping:
                         return
                     self._wake.wait(0.5)
                     continue
                 batch = self._take_batch()
-                loop.run_until_complete(self._write(batch))
+                if in_flight is not None:
+                    loop.run_until_complete(in_flight)
+                in_flight = loop.create_task(self._write(batch))
+                loop.run_until_complete(asyncio.sleep(0))  # hand the batch to the store
         finally:
+            if in_flight is not None:
+                loop.run_until_complete(in_flight)
             loop.close()
 
     def _take_batch(self) -> list[AgentEvent]:
