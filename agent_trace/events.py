@@ -22,7 +22,7 @@ __all__ = [
     "AgentEvent",
     "GENESIS_HASH",
     "canonical_bytes",
-    "chain_hash",
+    "canonical_from_fields",
     "compute_hash",
     "format_timestamp",
     "new_span_id",
@@ -107,7 +107,7 @@ def canonical_bytes(event: AgentEvent, *, payload_json: bytes | None = None) -> 
     ``payload_json`` lets a store that already serialized the payload (sorted
     keys) reuse those bytes instead of serializing twice.
     """
-    return _canonical(
+    return canonical_from_fields(
         event.event_id,
         event.event_type,
         event.parent_span_id,
@@ -127,35 +127,7 @@ def compute_hash(event: AgentEvent, *, payload_json: bytes | None = None) -> str
     return hashlib.sha256(event.prev_hash.encode() + canonical).hexdigest()
 
 
-def chain_hash(
-    event_id: str,
-    event_type: str,
-    parent_span_id: str | None,
-    payload_json: bytes,
-    prev_hash: str,
-    schema_version: int,
-    session_id: str,
-    span_id: str | None,
-    timestamp: str,
-    version: int,
-) -> str:
-    """:func:`compute_hash` from field values: the stores' sealing hot path."""
-    canonical = _canonical(
-        event_id,
-        event_type,
-        parent_span_id,
-        payload_json,
-        prev_hash,
-        schema_version,
-        session_id,
-        span_id,
-        timestamp,
-        version,
-    )
-    return hashlib.sha256(prev_hash.encode() + canonical).hexdigest()
-
-
-def _canonical(
+def canonical_from_fields(
     event_id: str,
     event_type: str,
     parent_span_id: str | None,
@@ -167,9 +139,9 @@ def _canonical(
     timestamp: str,
     version: int,
 ) -> bytes:
-    # The one definition of the canonical form (SPEC 8). Keys are written in
-    # sorted order, so orjson need not sort them; the payload arrives as its
-    # own sorted-keys JSON.
+    """The canonical form (SPEC 8) from field values, ``payload_json`` already
+    canonical. The one definition: ``canonical_bytes`` and the stores use it."""
+    # Keys are written in sorted order, so orjson need not sort them.
     return orjson.dumps(
         {
             "event_id": event_id,
