@@ -436,15 +436,16 @@ class _Stream:
     def end(self, complete: bool) -> None:
         chunks = self.chunks
         result: Any = chunks
+        extra: dict[str, Any] = {}
         if chunks and all(isinstance(c, str) for c in chunks):
             result = "".join(chunks)
+            # Where the joined text splits back into chunks: replay streams the same chunks.
+            extra["chunk_lengths"] = [len(c) for c in chunks]
         elif not self.call.recorded.capture_result:
             result = None
-        extra = {
-            "chunks": len(chunks),
-            "time_to_first_chunk_ms": self.first_ms,
-            "status": "complete" if complete else "incomplete",
-        }
+        extra["chunks"] = len(chunks)
+        extra["time_to_first_chunk_ms"] = self.first_ms
+        extra["status"] = "complete" if complete else "incomplete"
         self.call.succeed(result, extra)
 
 
