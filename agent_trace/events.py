@@ -7,6 +7,7 @@ counter. Stores and the recorder build on this; nothing here imports them.
 from __future__ import annotations
 
 import hashlib
+import os
 import random
 import re
 import threading
@@ -202,6 +203,17 @@ def _next_uuid7(unix_ns: int) -> str:
             _prefix = f"{_last_ms >> 16:08x}-{_last_ms & 0xFFFF:04x}-"
     # version 7 | counter, then variant 0b10 | 62 random bits
     return f"{_prefix}{0x7000 | _seq:04x}-{0x8000 | _rand(14):04x}-{_rand(48):012x}"
+
+
+def _fresh_lock_in_child() -> None:
+    # Another thread (the writer) may have held the lock at fork time; in the
+    # child that thread does not exist and would never release it.
+    global _uuid_lock
+    _uuid_lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_fresh_lock_in_child)
 
 
 def new_span_id() -> str:

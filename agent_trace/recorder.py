@@ -425,7 +425,8 @@ def _after_fork_in_child() -> None:
     # The writer thread did not survive the fork, and events queued in the
     # parent belong to the parent: the child starts with a fresh recorder
     # that reopens the store from the same settings.
-    global _recorder
+    global _recorder, _recorder_lock
+    _recorder_lock = threading.Lock()
     old = _recorder
     _recorder = None
     if old is not None:
