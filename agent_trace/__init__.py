@@ -23,6 +23,13 @@ from agent_trace.config import Settings, configure
 from agent_trace.context import ContextExecutor, Session, current_session, emit, session
 from agent_trace.decorators import extract_usage, record_decision, record_llm, record_tool
 from agent_trace.events import AgentEvent, uuid7
+from agent_trace.integrity import (
+    SessionHead,
+    VerificationResult,
+    session_head,
+    verify_session,
+    verify_store,
+)
 from agent_trace.reading import (
     get_events,
     get_events_sync,
@@ -32,14 +39,18 @@ from agent_trace.reading import (
     read_all_sync,
 )
 from agent_trace.recorder import flush, flush_sync, stats
+from agent_trace.spill import ingest, ingest_sync
 from agent_trace.stores import open_store
+from agent_trace.upcasting import register_upcaster
 
 __all__ = [
     "AgentEvent",
     "CaptureOptions",
     "ContextExecutor",
     "Session",
+    "SessionHead",
     "Settings",
+    "VerificationResult",
     "__version__",
     "configure",
     "current_session",
@@ -49,6 +60,8 @@ __all__ = [
     "flush_sync",
     "get_events",
     "get_events_sync",
+    "ingest",
+    "ingest_sync",
     "list_sessions",
     "list_sessions_sync",
     "open_store",
@@ -57,7 +70,11 @@ __all__ = [
     "record_decision",
     "record_llm",
     "record_tool",
+    "register_upcaster",
     "session",
+    "session_head",
     "stats",
     "uuid7",
+    "verify_session",
+    "verify_store",
 ]

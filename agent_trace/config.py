@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, fields, replace
 from typing import TYPE_CHECKING, Any, Literal
 
 from agent_trace.capture import DEFAULT_REDACT_KEYS, CaptureOptions
+from agent_trace.spill import DEFAULT_SPILL_PATH
 
 if TYPE_CHECKING:
     from agent_trace.stores.base import EventStore
@@ -40,6 +41,13 @@ class Settings:
     max_depth: int = 32
     max_items: int = 10_000
     redact_keys: frozenset[str] = DEFAULT_REDACT_KEYS
+    #: Where batches go while the store stays down (None: keep retrying in
+    #: memory only). Relative paths resolve against the current directory.
+    spill_path: str | None = DEFAULT_SPILL_PATH
+    #: Seconds of failed appends before the recorder starts spilling.
+    spill_after: float = 5.0
+    #: Flush on SIGTERM (only if the program has no SIGTERM handler of its own).
+    handle_sigterm: bool = True
     capture: CaptureOptions = field(default_factory=CaptureOptions, compare=False)
 
     def __post_init__(self) -> None:
@@ -50,7 +58,9 @@ class Settings:
         for name in ("max_buffer", "batch_size"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")
-        for name in ("flush_interval", "flush_timeout", "exit_timeout"):
+        if self.spill_path is not None:
+            object.__setattr__(self, "spill_path", os.path.abspath(os.fspath(self.spill_path)))
+        for name in ("flush_interval", "flush_timeout", "exit_timeout", "spill_after"):
             if float(getattr(self, name)) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
         keys = frozenset(k.lower() for k in self.redact_keys)

@@ -74,7 +74,7 @@ def open_store(url: str | os.PathLike[str]) -> EventStore:
     if scheme == "jsonl":
         path, query = _local_path(url, rest)
         if not path or query:
-            raise ValueError(f"jsonl store URL needs a directory and no query: {url!r}")
+            raise ValueError(f"jsonl store URL needs a directory and no query: {mask_url(url)!r}")
         return JSONLStore(path)
     if scheme in ("postgresql", "postgres"):
         return _postgres_store_class()(url)
@@ -92,7 +92,7 @@ def _local_path(url: str, rest: str) -> tuple[str, str]:
         return "", query
     if not rest.startswith("/"):
         raise ValueError(
-            f"store URL {url!r} names a host; local stores take three slashes for a "
+            f"store URL {mask_url(url)!r} names a host; local stores take three slashes for a "
             "relative path (sqlite:///app.db) or four for an absolute one (sqlite:////tmp/app.db)"
         )
     return rest[1:], query
@@ -107,7 +107,7 @@ def _sqlite_options(url: str, query: str) -> dict[str, Any]:
             options[key] = int(value)
         else:
             raise ValueError(
-                f"unsupported option {key}={value!r} in store URL {url!r}: "
+                f"unsupported option {key!r} in store URL {mask_url(url)!r}: "
                 "known are synchronous=OFF|NORMAL|FULL|EXTRA and busy_timeout_ms=<int>"
             )
     return options

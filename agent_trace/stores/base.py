@@ -5,19 +5,32 @@ it assigns each event its per-session ``version``, the global ``position``
 and the hash chain, atomically, so several writers (tasks, threads,
 processes) never leave a gap or a duplicate. Projections, replay and the CLI
 read only through this protocol.
+
+What a backend must do for integrity and schema evolution (SPEC 8):
+
+- store each event's payload as the canonical JSON that was hashed (the
+  ``payload_json`` of :func:`seal_rows`) and never rewrite it; refuse UPDATE
+  and DELETE on the events table at the database level (triggers);
+- build every event it returns with :func:`event_from_row` (or pass it
+  through ``agent_trace.upcasting.upcast``), so readers get the latest
+  payload schema; with ``raw=True`` on ``get_events``/``read_all``, return
+  the stored form untouched (``event_from_row(row, raw=True)``): that is what
+  ``agent_trace.verify_session`` hashes.
 """
 
 from __future__ import annotations
 
 import hashlib
 import heapq
+import string
 from collections.abc import Container, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 import orjson
 
-from agent_trace.events import GENESIS_HASH, AgentEvent, compute_hash, payload_bytes
+from agent_trace import upcasting
+from agent_trace.events import GENESIS_HASH, AgentEvent, canonical_from_fields
 
 __all__ = ["EventStore", "SessionInfo", "StoreError", "assign_chain", "mask_url"]
 
@@ -55,12 +68,23 @@ class EventStore(Protocol):
         session_id: str,
         after_version: int = 0,
         event_types: Iterable[str] | None = None,
+        *,
+        raw: bool = False,
     ) -> list[AgentEvent]:
-        """One session's events with ``version > after_version``, in version order."""
+        """One session's events with ``version > after_version``, in version order.
+
+        Payloads are upcast to the latest schema (``agent_trace.upcasting``);
+        ``raw=True`` returns them exactly as stored, for hash verification.
+        """
         ...
 
-    async def read_all(self, after_position: int = 0, limit: int | None = None) -> list[AgentEvent]:
-        """Events of every session with ``position > after_position``, in position order."""
+    async def read_all(
+        self, after_position: int = 0, limit: int | None = None, *, raw: bool = False
+    ) -> list[AgentEvent]:
+        """Events of every session with ``position > after_position``, in position order.
+
+        ``raw`` as for :meth:`get_events`.
+        """
         ...
 
     async def list_sessions(self, limit: int | None = None) -> list[SessionInfo]:
@@ -77,56 +101,46 @@ def assign_chain(
     heads: dict[str, tuple[int, str]],
     first_position: int,
 ) -> list[tuple[AgentEvent, bytes]]:
-    """Give each event its version, position, prev_hash and hash.
+    """:func:`seal_rows` as sealed events, each with its canonical payload JSON.
 
-    ``heads`` maps session id -> (last version, last hash) as stored now and is
-    updated in place. Returns the sealed events with their canonical payload
-    JSON, which stores persist as is (so verification hashes the same bytes).
+    ``heads`` maps session id -> (last version, last hash) and is updated in
+    place. For stores that keep events rather than rows.
     """
-    out: list[tuple[AgentEvent, bytes]] = []
-    position = first_position
-    for ev in events:
-        version, prev = heads.get(ev.session_id, (0, GENESIS_HASH))
-        version += 1
-        pj = payload_bytes(ev.payload)
-        sealed = AgentEvent(
-            event_id=ev.event_id,
-            session_id=ev.session_id,
-            event_type=ev.event_type,
-            timestamp=ev.timestamp,
-            payload=ev.payload,
-            version=version,
-            position=position,
-            span_id=ev.span_id,
-            parent_span_id=ev.parent_span_id,
-            schema_version=ev.schema_version,
-            prev_hash=prev,
-        )
-        digest = compute_hash(sealed, payload_json=pj)
-        sealed = _with_hash(sealed, digest)
-        heads[ev.session_id] = (version, digest)
-        out.append((sealed, pj))
-        position += 1
-    return out
+    rows = seal_rows(events, heads, first_position)
+    return [(event_from_row(row, raw=True), row[4].encode()) for row in rows]
 
 
-def _with_hash(ev: AgentEvent, digest: str) -> AgentEvent:
-    # The event was built a line earlier and is not shared yet, so setting the
-    # slot directly is safe and avoids building it a third time.
-    object.__setattr__(ev, "hash", digest)
-    return ev
+# Query parameters that carry credentials (libpq accepts ?password=..., and
+# sslpassword for an encrypted client key).
+_SECRET_PARAMS = frozenset(
+    {"password", "pass", "pwd", "sslpassword", "secret", "token", "access_token", "api_key"}
+)
 
 
 def mask_url(url: str) -> str:
-    """``url`` with any password replaced by ``***`` (for errors and logs)."""
+    """``url`` with any password replaced by ``***`` (for errors and logs).
+
+    Masks the password in ``user:password@host`` and the value of secret
+    query parameters such as ``?password=...``.
+    """
     scheme, sep, rest = url.partition("://")
-    if not sep or "@" not in rest:
+    if not sep:
         return url
-    creds, at, host = rest.rpartition("@")
-    if ":" in creds:
-        user = creds.split(":", 1)[0]
-        creds = f"{user}:***"
-    return f"{scheme}://{creds}{at}{host}"
+    head, qsep, query = rest.partition("?")
+    if "@" not in head and "@" in query:
+        head, qsep, query = rest, "", ""  # the "?" is inside an unencoded password
+    if "@" in head:
+        creds, at, host = head.rpartition("@")
+        if ":" in creds:
+            creds = f"{creds.split(':', 1)[0]}:***"
+        head = f"{creds}{at}{host}"
+    if query:
+        parts = []
+        for part in query.split("&"):
+            key, eq, _value = part.partition("=")
+            parts.append(f"{key}=***" if eq and key.lower() in _SECRET_PARAMS else part)
+        query = "&".join(parts)
+    return f"{scheme}://{head}{qsep}{query}"
 
 
 # --- helpers shared by the stores --------------------------------------------
@@ -144,15 +158,14 @@ def seal_rows(
     heads: dict[str, tuple[int, str]],
     first_position: int,
 ) -> list[tuple[Any, ...]]:
-    """What :func:`assign_chain` does, returning rows instead of events.
+    """Give each event its version, position, prev_hash and hash, as table rows.
 
-    This is the stores' hot path (a few µs per event matter at 100k events/s),
-    so it builds no intermediate ``AgentEvent`` and inlines
-    :func:`~agent_trace.events.canonical_bytes`: same keys, written in sorted
-    order so orjson need not sort them. The conformance tests check every
-    stored hash against ``compute_hash``, so a drift between the two fails.
+    ``heads`` maps session id -> (last version, last hash) as stored now and is
+    updated in place. Rows are in column order (see ``event_from_row``); the
+    payload is its canonical JSON text, exactly the bytes the hash covers. The
+    stores' hot path, so it builds no intermediate ``AgentEvent``.
     """
-    dumps, fragment, sha256 = orjson.dumps, orjson.Fragment, hashlib.sha256
+    dumps, sha256 = orjson.dumps, hashlib.sha256
     sort_keys = orjson.OPT_SORT_KEYS
     get_head = heads.get
     genesis = (0, GENESIS_HASH)
@@ -163,19 +176,17 @@ def seal_rows(
         version, prev = get_head(sid, genesis)
         version += 1
         pj = dumps(ev.payload, option=sort_keys)
-        canonical = dumps(
-            {
-                "event_id": ev.event_id,
-                "event_type": ev.event_type,
-                "parent_span_id": ev.parent_span_id,
-                "payload": fragment(pj),
-                "prev_hash": prev,
-                "schema_version": ev.schema_version,
-                "session_id": sid,
-                "span_id": ev.span_id,
-                "timestamp": ev.timestamp,
-                "version": version,
-            }
+        canonical = canonical_from_fields(
+            ev.event_id,
+            ev.event_type,
+            ev.parent_span_id,
+            pj,
+            prev,
+            ev.schema_version,
+            sid,
+            ev.span_id,
+            ev.timestamp,
+            version,
         )
         digest = sha256(prev.encode() + canonical).hexdigest()
         heads[sid] = (version, digest)
@@ -199,9 +210,9 @@ def seal_rows(
     return rows
 
 
-def event_from_row(row: Sequence[Any]) -> AgentEvent:
-    """The event a row holds, its payload freshly decoded."""
-    return AgentEvent(
+def event_from_row(row: Sequence[Any], raw: bool = False) -> AgentEvent:
+    """The event a row holds, its payload freshly decoded and upcast (unless ``raw``)."""
+    ev = AgentEvent(
         row[0],
         row[1],
         row[2],
@@ -215,6 +226,9 @@ def event_from_row(row: Sequence[Any]) -> AgentEvent:
         row[10],
         row[11],
     )
+    if raw or not upcasting._registry:
+        return ev
+    return upcasting.upcast(ev)
 
 
 def unique_new_events(events: Iterable[AgentEvent], stored: Container[str]) -> list[AgentEvent]:
@@ -350,3 +364,97 @@ class EventIndex:
 def _started_key(item: tuple[str, list[Any]]) -> tuple[str, int]:
     info = item[1]
     return (info[0], info[2])
+
+
+# --- projection checkpoints: an optional extension of the protocol -----------
+
+
+class ProjectionConflict(StoreError):
+    """Another runner with the same projection name saved first (or holds it)."""
+
+
+_PROJECTION_NAME_CHARS = frozenset(string.ascii_letters + string.digits + "._-")
+
+
+def check_projection_name(name: object) -> str:
+    """``name`` if it is 1-128 letters, digits, ``.``, ``_`` or ``-`` (it names files)."""
+    if (
+        not isinstance(name, str)
+        or not 0 < len(name) <= 128
+        or not set(name) <= _PROJECTION_NAME_CHARS
+        or name.startswith(".")
+    ):
+        raise ValueError(
+            f"invalid projection name {name!r}: use 1-128 letters, digits, '.', '_' or '-' "
+            "(not starting with '.')"
+        )
+    return name
+
+
+@runtime_checkable
+class ProjectionStore(Protocol):
+    """Where a ``ProjectionRunner`` keeps a view's state and checkpoint, in the event store.
+
+    Optional: ``agent_trace.projections`` can fold any ``EventStore``, but
+    only a store with these two methods can host a ``ProjectionRunner``.
+    Memory, SQLite and JSONL stores implement it; a new backend (PostgreSQL)
+    must provide exactly this:
+
+    - ``load_projection(name)`` -> ``(state_json, checkpoint)``: the last saved
+      state as JSON text and the position of the last event folded into it, or
+      ``(None, 0)`` if nothing was ever saved under ``name``.
+    - ``save_projection(name, state_json, checkpoint, expected_checkpoint)``:
+      in ONE transaction, compare the stored checkpoint (0 when there is no
+      row) with ``expected_checkpoint``; if they differ raise
+      ``ProjectionConflict`` and change nothing, else store both state and
+      checkpoint. State and checkpoint are never written separately, so a
+      crash leaves the previous pair or the new one, never a mix: an event is
+      never applied twice nor skipped. This compare-and-set is also what
+      stops two runners with the same name from both advancing.
+
+      PostgreSQL sketch: table ``agent_trace_projections(name text primary
+      key, state text not null, position bigint not null, updated_at
+      timestamptz)``; ``INSERT ... ON CONFLICT DO NOTHING`` when
+      ``expected_checkpoint == 0``, otherwise ``UPDATE ... SET state=$2,
+      position=$3 WHERE name=$1 AND position=$4``; zero rows affected ->
+      ``ProjectionConflict``.
+
+    Optional third hook: ``wait_for_events(after_position, timeout)`` returning
+    when an event past ``after_position`` may exist or after ``timeout``
+    seconds; ``run_forever`` uses it instead of sleeping (LISTEN/NOTIFY).
+
+    No gaps behind a checkpoint. A runner reads ``read_all(after_position=
+    checkpoint)`` and then moves its checkpoint to the last position it saw,
+    so every store must guarantee that once ``read_all`` has returned an
+    event at position ``p``, no event with a position below ``p`` can become
+    visible later. Memory (one lock), SQLite (``BEGIN IMMEDIATE``: one writer
+    at a time, positions taken as ``MAX(position) + 1`` inside the write
+    transaction) and JSONL (exclusive ``flock`` around each append) assign
+    positions and commit in one critical section, so positions become
+    visible in order. PostgreSQL sequences do not: a transaction may take
+    position 10, commit after another took 11 and committed, and a reader in
+    between would skip 10 forever. ``PostgresStore`` must therefore either
+    serialize position assignment until commit (e.g. ``pg_advisory_xact_lock``
+    or a one-row counter updated in the append transaction) or make
+    ``read_all`` stop before the first position whose transaction may still
+    be in flight (a high-water mark from ``pg_snapshot_xmin``).
+    """
+
+    async def load_projection(self, name: str) -> tuple[str | None, int]:
+        """``(state_json, checkpoint)`` as last saved, or ``(None, 0)``."""
+        ...
+
+    async def save_projection(
+        self, name: str, state_json: str, checkpoint: int, expected_checkpoint: int
+    ) -> None:
+        """Store state and checkpoint atomically if the stored checkpoint is the expected one."""
+        ...
+
+
+def projection_conflict(name: str, expected: int, found: int) -> ProjectionConflict:
+    """The error every store raises when a compare-and-set on a checkpoint fails."""
+    return ProjectionConflict(
+        f"projection {name!r} was advanced by another runner: expected checkpoint "
+        f"{expected}, found {found}. Run one ProjectionRunner per name; this one's "
+        "unsaved work was discarded"
+    )

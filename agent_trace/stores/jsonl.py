@@ -31,13 +31,16 @@ from typing import Any
 
 import orjson
 
+from agent_trace import upcasting
 from agent_trace.events import AgentEvent
 from agent_trace.stores.base import (
     EventIndex,
     SessionInfo,
     StoreError,
     check_limit,
+    check_projection_name,
     event_types_filter,
+    projection_conflict,
 )
 
 try:
@@ -49,6 +52,7 @@ __all__ = ["JSONLStore"]
 
 EVENTS_FILE = "events.jsonl"
 LOCK_FILE = "events.lock"
+PROJECTIONS_DIR = "projections"
 _READ_CHUNK = 8 << 20
 
 
@@ -82,17 +86,21 @@ class JSONLStore:
         session_id: str,
         after_version: int = 0,
         event_types: Iterable[str] | None = None,
+        *,
+        raw: bool = False,
     ) -> list[AgentEvent]:
         """One session's events with ``version > after_version``, in version order."""
         types = event_types_filter(event_types)
         if types is not None and not types:
             return []
-        return await asyncio.to_thread(self._get_events, session_id, after_version, types)
+        return await asyncio.to_thread(self._get_events, session_id, after_version, types, raw)
 
-    async def read_all(self, after_position: int = 0, limit: int | None = None) -> list[AgentEvent]:
+    async def read_all(
+        self, after_position: int = 0, limit: int | None = None, *, raw: bool = False
+    ) -> list[AgentEvent]:
         """Events of every session with ``position > after_position``, in position order."""
         limit = check_limit(limit)
-        return await asyncio.to_thread(self._read_all, max(after_position, 0), limit)
+        return await asyncio.to_thread(self._read_all, max(after_position, 0), limit, raw)
 
     async def list_sessions(self, limit: int | None = None) -> list[SessionInfo]:
         """Sessions, most recently started first."""
@@ -109,6 +117,61 @@ class JSONLStore:
             self._index = EventIndex()
             self._offsets = []
             self._end = 0
+
+    # --- projection checkpoints (base.ProjectionStore) -------------------------
+    # <directory>/projections/<name>.json holds {"checkpoint", "state"}: one file,
+    # replaced whole (temp file, fsync, rename, fsync directory), so a crash
+    # leaves the old pair or the new one. An exclusive flock on <name>.lock
+    # makes compare-and-set atomic across processes without blocking appends.
+
+    async def load_projection(self, name: str) -> tuple[str | None, int]:
+        """``(state_json, checkpoint)`` as last saved, or ``(None, 0)``."""
+        return await asyncio.to_thread(self._load_projection, check_projection_name(name))
+
+    async def save_projection(
+        self, name: str, state_json: str, checkpoint: int, expected_checkpoint: int
+    ) -> None:
+        """Replace the projection's file atomically if the stored checkpoint is expected."""
+        check_projection_name(name)
+        await asyncio.to_thread(
+            self._save_projection, name, state_json, checkpoint, expected_checkpoint
+        )
+
+    def _projection_path(self, name: str) -> str:
+        return os.path.join(self.directory, PROJECTIONS_DIR, f"{name}.json")
+
+    def _load_projection(self, name: str) -> tuple[str | None, int]:
+        try:
+            with open(self._projection_path(name), "rb") as f:
+                d = orjson.loads(f.read())
+        except FileNotFoundError:
+            return None, 0
+        return orjson.dumps(d["state"]).decode(), d["checkpoint"]
+
+    def _save_projection(self, name: str, state_json: str, checkpoint: int, expected: int) -> None:
+        if fcntl is None:  # pragma: no cover - Windows
+            raise StoreError("JSONLStore needs fcntl (POSIX); use SQLiteStore on this platform")
+        folder = os.path.join(self.directory, PROJECTIONS_DIR)
+        os.makedirs(folder, exist_ok=True)
+        path = self._projection_path(name)
+        lock_fd = os.open(os.path.join(folder, f"{name}.lock"), os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(lock_fd, fcntl.LOCK_EX)
+            found = self._load_projection(name)[1]
+            if found != expected:
+                raise projection_conflict(name, expected, found)
+            data = b'{"checkpoint":%d,"state":' % checkpoint + state_json.encode() + b"}\n"
+            tmp = f"{path}.{os.getpid()}.tmp"
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            try:
+                _write_all(fd, data)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, path)
+            _fsync_dir(folder)
+        finally:
+            os.close(lock_fd)  # releases the flock
 
     # --- blocking work (worker thread) -----------------------------------------
 
@@ -137,18 +200,20 @@ class JSONLStore:
         return len(rows)
 
     def _get_events(
-        self, session_id: str, after_version: int, types: frozenset[str] | None
+        self, session_id: str, after_version: int, types: frozenset[str] | None, raw: bool = False
     ) -> list[AgentEvent]:
         with self._lock, self._locked(exclusive=False) as fd:
             self._catch_up(fd, repair=False)
             positions = self._index.positions(session_id, after_version)
             chunks = [_pread(fd, start, stop) for start, stop in self._spans(positions)]
-        events = [_parse(line) for chunk in chunks for line in chunk.splitlines()]
+        events = [_parse(line, raw) for chunk in chunks for line in chunk.splitlines()]
         if types is not None:
             events = [ev for ev in events if ev.event_type in types]
         return events
 
-    def _read_all(self, after_position: int, limit: int | None) -> list[AgentEvent]:
+    def _read_all(
+        self, after_position: int, limit: int | None, raw: bool = False
+    ) -> list[AgentEvent]:
         with self._lock, self._locked(exclusive=False) as fd:
             self._catch_up(fd, repair=False)
             last = self._index.last_position
@@ -158,7 +223,7 @@ class JSONLStore:
             start_offset = self._offsets[after_position]
             end_offset = self._offsets[stop] if stop < last else self._end
             data = _pread(fd, start_offset, end_offset)
-        return [_parse(line) for line in data.splitlines()]
+        return [_parse(line, raw) for line in data.splitlines()]
 
     def _list_sessions(self, limit: int | None) -> list[SessionInfo]:
         with self._lock, self._locked(exclusive=False) as fd:
@@ -289,11 +354,12 @@ def _row(d: dict[str, Any]) -> tuple[Any, ...]:
     )
 
 
-def _parse(line: bytes) -> AgentEvent:
+def _parse(line: bytes, raw: bool = False) -> AgentEvent:
     d = orjson.loads(line)
     if not isinstance(d, dict):
         raise TypeError(f"expected a JSON object, got {type(d).__name__}")
-    return AgentEvent.from_dict(d)
+    ev = AgentEvent.from_dict(d)
+    return ev if raw or not upcasting.has_upcasters() else upcasting.upcast(ev)
 
 
 def _pread(fd: int, start: int, stop: int) -> bytes:

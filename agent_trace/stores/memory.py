@@ -20,8 +20,10 @@ from agent_trace.stores.base import (
     EventIndex,
     SessionInfo,
     check_limit,
+    check_projection_name,
     event_from_row,
     event_types_filter,
+    projection_conflict,
 )
 
 __all__ = ["MemoryStore"]
@@ -35,6 +37,7 @@ class MemoryStore:
         self._index = EventIndex()
         # Position p is at index p - 1; rows as base.seal_rows makes them.
         self._rows: list[tuple[Any, ...]] = []
+        self._projections: dict[str, tuple[str, int]] = {}  # name -> (state JSON, checkpoint)
 
     def __repr__(self) -> str:
         return f"MemoryStore(<{len(self._rows)} events>)"
@@ -53,6 +56,8 @@ class MemoryStore:
         session_id: str,
         after_version: int = 0,
         event_types: Iterable[str] | None = None,
+        *,
+        raw: bool = False,
     ) -> list[AgentEvent]:
         """One session's events with ``version > after_version``, in version order."""
         types = event_types_filter(event_types)
@@ -61,16 +66,18 @@ class MemoryStore:
             picked = [rows[p - 1] for p in self._index.positions(session_id, after_version)]
         if types is not None:
             picked = [r for r in picked if r[2] in types]
-        return [event_from_row(r) for r in picked]
+        return [event_from_row(r, raw) for r in picked]
 
-    async def read_all(self, after_position: int = 0, limit: int | None = None) -> list[AgentEvent]:
+    async def read_all(
+        self, after_position: int = 0, limit: int | None = None, *, raw: bool = False
+    ) -> list[AgentEvent]:
         """Events of every session with ``position > after_position``, in position order."""
         limit = check_limit(limit)
         start = max(after_position, 0)
         stop = None if limit is None else start + limit
         with self._lock:
             picked = self._rows[start:stop]
-        return [event_from_row(r) for r in picked]
+        return [event_from_row(r, raw) for r in picked]
 
     async def list_sessions(self, limit: int | None = None) -> list[SessionInfo]:
         """Sessions, most recently started first."""
@@ -80,3 +87,21 @@ class MemoryStore:
 
     async def close(self) -> None:
         """Nothing to release; the events stay readable."""
+
+    # --- projection checkpoints (base.ProjectionStore) -------------------------
+
+    async def load_projection(self, name: str) -> tuple[str | None, int]:
+        """``(state_json, checkpoint)`` as last saved, or ``(None, 0)``."""
+        with self._lock:
+            return self._projections.get(check_projection_name(name), (None, 0))
+
+    async def save_projection(
+        self, name: str, state_json: str, checkpoint: int, expected_checkpoint: int
+    ) -> None:
+        """Store state and checkpoint together if the stored checkpoint is the expected one."""
+        check_projection_name(name)
+        with self._lock:
+            found = self._projections.get(name, (None, 0))[1]
+            if found != expected_checkpoint:
+                raise projection_conflict(name, expected_checkpoint, found)
+            self._projections[name] = (state_json, checkpoint)

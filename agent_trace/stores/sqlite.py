@@ -37,8 +37,10 @@ from agent_trace.stores.base import (
     SessionInfo,
     StoreError,
     check_limit,
+    check_projection_name,
     event_from_row,
     event_types_filter,
+    projection_conflict,
     seal_rows,
     session_metadata,
     unique_new_events,
@@ -171,19 +173,23 @@ class SQLiteStore:
         session_id: str,
         after_version: int = 0,
         event_types: Iterable[str] | None = None,
+        *,
+        raw: bool = False,
     ) -> list[AgentEvent]:
         """One session's events with ``version > after_version``, in version order."""
         types = event_types_filter(event_types)
         if types is not None and not types:
             return []
-        return await self._run(_get_events, session_id, after_version, types)
+        return await self._run(_get_events, session_id, after_version, types, raw)
 
-    async def read_all(self, after_position: int = 0, limit: int | None = None) -> list[AgentEvent]:
+    async def read_all(
+        self, after_position: int = 0, limit: int | None = None, *, raw: bool = False
+    ) -> list[AgentEvent]:
         """Events of every session with ``position > after_position``, in position order."""
         limit = check_limit(limit)
         if limit == 0:
             return []
-        return await self._run(_read_all, after_position, limit)
+        return await self._run(_read_all, after_position, limit, raw)
 
     async def list_sessions(self, limit: int | None = None) -> list[SessionInfo]:
         """Sessions, most recently started first."""
@@ -198,6 +204,19 @@ class SQLiteStore:
             conn, self._conn, self._opening = self._conn, None, None
         if conn is not None:
             await conn[0].close()
+
+    # --- projection checkpoints (base.ProjectionStore) -------------------------
+
+    async def load_projection(self, name: str) -> tuple[str | None, int]:
+        """``(state_json, checkpoint)`` as last saved, or ``(None, 0)``."""
+        return await self._run(_load_projection, check_projection_name(name))
+
+    async def save_projection(
+        self, name: str, state_json: str, checkpoint: int, expected_checkpoint: int
+    ) -> None:
+        """Store state and checkpoint in one transaction if the stored checkpoint is expected."""
+        check_projection_name(name)
+        await self._run(_save_projection, name, state_json, checkpoint, expected_checkpoint)
 
     # --- connection ------------------------------------------------------------
 
@@ -403,6 +422,7 @@ def _get_events(
     session_id: str,
     after_version: int,
     types: frozenset[str] | None,
+    raw: bool = False,
 ) -> list[AgentEvent]:
     sql = f"SELECT {_COLUMNS} FROM events WHERE session_id = ? AND version > ?"
     params: list[Any] = [session_id, after_version]
@@ -412,15 +432,17 @@ def _get_events(
     rows = db.execute(sql + " ORDER BY version", params).fetchall()
     if types is not None and len(types) > _CHUNK:
         rows = [r for r in rows if r[2] in types]
-    return [event_from_row(r) for r in rows]
+    return [event_from_row(r, raw) for r in rows]
 
 
-def _read_all(db: sqlite3.Connection, after_position: int, limit: int | None) -> list[AgentEvent]:
+def _read_all(
+    db: sqlite3.Connection, after_position: int, limit: int | None, raw: bool = False
+) -> list[AgentEvent]:
     rows = db.execute(
         f"SELECT {_COLUMNS} FROM events WHERE position > ? ORDER BY position LIMIT ?",
         (after_position, -1 if limit is None else limit),
     ).fetchall()
-    return [event_from_row(r) for r in rows]
+    return [event_from_row(r, raw) for r in rows]
 
 
 def _list_sessions(db: sqlite3.Connection, limit: int | None) -> list[SessionInfo]:
@@ -436,3 +458,52 @@ def _list_sessions(db: sqlite3.Connection, limit: int | None) -> list[SessionInf
         )
         for sid, started, last, count, last_version, meta in rows
     ]
+
+
+# --- projection checkpoints ----------------------------------------------------
+# A view's state and checkpoint share one row, written in one BEGIN IMMEDIATE
+# transaction in the events' own database. The table is created on first save
+# (not in _SCHEMA) so stores that never run projections keep schema version 1.
+
+_PROJECTIONS_TABLE = """
+CREATE TABLE IF NOT EXISTS projections (
+    name TEXT PRIMARY KEY,
+    state TEXT NOT NULL,
+    position INTEGER NOT NULL,
+    updated_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%f+00:00', 'now'))
+)
+"""
+
+
+def _load_projection(db: sqlite3.Connection, name: str) -> tuple[str | None, int]:
+    try:
+        row = db.execute("SELECT state, position FROM projections WHERE name = ?", (name,))
+        found = row.fetchone()
+    except sqlite3.OperationalError as exc:
+        if "no such table" in str(exc):
+            return None, 0
+        raise
+    return (found[0], found[1]) if found else (None, 0)
+
+
+def _save_projection(
+    db: sqlite3.Connection, name: str, state_json: str, checkpoint: int, expected: int
+) -> None:
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        db.execute(_PROJECTIONS_TABLE)
+        row = db.execute("SELECT position FROM projections WHERE name = ?", (name,)).fetchone()
+        found = row[0] if row else 0
+        if found != expected:
+            raise projection_conflict(name, expected, found)
+        db.execute(
+            "INSERT INTO projections (name, state, position) VALUES (?, ?, ?) "
+            "ON CONFLICT (name) DO UPDATE SET state = excluded.state, "
+            "position = excluded.position, updated_at = excluded.updated_at",
+            (name, state_json, checkpoint),
+        )
+        db.execute("COMMIT")
+    except BaseException:
+        if db.in_transaction:
+            db.execute("ROLLBACK")
+        raise

@@ -9,13 +9,14 @@ skip when that is unset); it is done when the whole suite passes.
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
 import pytest_asyncio
+from pg_helpers import PG_MARKS, drop_test_schemas, pg_url
 
 from agent_trace.stores import EventStore, JSONLStore, MemoryStore, SQLiteStore
 
@@ -51,9 +52,21 @@ STORE_KINDS: list[StoreKind] = [
         lambda tmp: JSONLStore(tmp / "jsonl"),
         url=lambda tmp: f"jsonl:///{tmp / 'jsonl'}",
     ),
+    # One schema per store directory (see pg_helpers); skipped without a server.
+    StoreKind("postgres", lambda tmp: _postgres_store(tmp), url=pg_url, marks=PG_MARKS),
 ]
-# Extension point: append more StoreKinds here, e.g. PostgreSQL when
-# os.environ["AGENT_TRACE_TEST_PG_DSN"] is set.
+
+
+def _postgres_store(tmp: Path) -> EventStore:
+    from agent_trace.stores.postgres import PostgresStore
+
+    return PostgresStore(pg_url(tmp))
+
+
+@pytest.fixture(autouse=True)
+def _drop_postgres_schemas() -> Iterator[None]:
+    yield
+    drop_test_schemas()
 
 
 def _params(kinds: list[StoreKind]) -> list[Any]:

@@ -1,0 +1,1089 @@
+"""The ``agent-trace`` command line: look at, check and move recorded sessions.
+
+Every command reads the store through the store protocol and derives what it
+shows with the SDK's own modules: ``projections`` (summaries, span trees, tool
+and model stats), ``integrity`` (verify), ``spill`` (ingest), ``replay``,
+``otel`` (OTLP/JSON export) and ``timeline`` (HTML, and the waterfall of
+``show``). Output is rich tables and trees on a terminal,
+plain text when piped, and JSON with ``--json``. Exit codes: 0 ok, 1 a
+verification failed, 2 a usage error (bad arguments, missing store, unknown
+session, bad URL), always with a one-line message on stderr.
+
+Never rewrites or deletes events; only ``ingest`` and ``demo`` append.
+``rich`` is imported only when output goes to a terminal.
+``agent_trace/_demo_agent.py`` (for ``demo``) is a symlink to
+``examples/research_agent.py``, so a wheel ships the example itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import difflib
+import importlib
+import importlib.util
+import os
+import re
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from agent_trace.config import DEFAULT_STORE_URL
+from agent_trace.events import AgentEvent
+
+if TYPE_CHECKING:
+    from agent_trace.stores.base import EventStore
+
+__all__ = ["main"]
+
+PROG = "agent-trace"
+#: Events per ``read_all`` page when following or scanning the log.
+PAGE = 5000
+_KIND_STYLE = {"decision": "magenta", "tool": "green", "llm": "blue", "call": "white"}
+
+
+class UsageError(Exception):
+    """A mistake on the command line or in its environment: exit 2 with this message."""
+
+
+class VerificationFailed(Exception):
+    """A hash chain did not verify: exit 1 (the report is already printed)."""
+
+
+# --- output: rich on a terminal, plain text when piped, JSON on request -------
+
+
+class Output:
+    """Where a command writes; ``rich`` is set only for a terminal with rich installed."""
+
+    def __init__(self, json_mode: bool, plain: bool) -> None:
+        self.json = json_mode
+        self.rich = False
+        self.console: Any = None
+        self.stderr_console: Any = None
+        if not json_mode and not plain and sys.stdout.isatty():
+            try:
+                from rich.console import Console
+            except ImportError:
+                return
+            self.rich = True
+            self.console = Console(highlight=False, emoji=False)
+        if not json_mode and sys.stderr.isatty():
+            with contextlib.suppress(ImportError):
+                from rich.console import Console
+
+                self.stderr_console = Console(stderr=True)
+
+    def line(self, text: str = "", style: str | None = None) -> None:
+        if self.rich:
+            self.console.print(text, style=style, markup=False)
+        else:
+            print(text, flush=True)
+
+    def emit_json(self, value: Any) -> None:
+        sys.stdout.write(orjson.dumps(value, option=orjson.OPT_INDENT_2).decode() + "\n")
+
+    @contextlib.contextmanager
+    def status(self, description: str) -> Iterator[None]:
+        """A spinner on stderr when it is a terminal, for work of unknown length."""
+        if self.stderr_console is None:
+            yield
+            return
+        with self.stderr_console.status(description):
+            yield
+
+    @contextlib.contextmanager
+    def progress(self, description: str, total: int | None) -> Iterator[Any]:
+        """A progress bar on stderr when it is a terminal; a no-op advance otherwise."""
+        if self.stderr_console is None or not total or total < 50:
+            yield lambda n=1: None
+            return
+        from rich.progress import Progress
+
+        with Progress(console=self.stderr_console, transient=True) as bar:
+            task = bar.add_task(description, total=total)
+            yield lambda n=1: bar.advance(task, n)
+
+
+def _table(out: Output, columns: Sequence[str], rows: list[list[str]], title: str = "") -> None:
+    """A table: rich on a terminal, aligned columns (numbers right) otherwise."""
+    numeric = [
+        all(re.fullmatch(r"[-+]?[\d,.]+( ?[a-z%]+)?|-", r[i] or "-") for r in rows)
+        if rows
+        else False
+        for i in range(len(columns))
+    ]
+    if out.rich:
+        from rich import box
+        from rich.table import Table
+
+        table = Table(
+            title=title or None,
+            title_justify="left",
+            header_style="bold",
+            box=box.SIMPLE_HEAD,
+            pad_edge=False,
+            collapse_padding=True,
+        )
+        for name, right in zip(columns, numeric, strict=True):
+            table.add_column(name, justify="right" if right else "left", no_wrap=True)
+        for row in rows:
+            style = "red" if any(c in ("error", "cancelled") for c in row) else None
+            table.add_row(*row, style=style)
+        out.console.print(table)
+        return
+    if title:
+        print(title)
+    widths = [max([len(c), *(len(r[i]) for r in rows)]) for i, c in enumerate(columns)]
+
+    def fmt(cells: Sequence[str]) -> str:
+        parts = [
+            c.rjust(w) if right else c.ljust(w)
+            for c, w, right in zip(cells, widths, numeric, strict=True)
+        ]
+        return "  ".join(parts).rstrip()
+
+    print(fmt(columns))
+    for row in rows:
+        print(fmt(row))
+    sys.stdout.flush()
+
+
+def _ms(value: float | None) -> str:
+    if value is None:
+        return "-"
+    if value >= 1000:
+        return f"{value / 1000:.2f} s"
+    return f"{value:.1f} ms" if value < 10 else f"{value:.0f} ms"
+
+
+def _n(value: int | None) -> str:
+    return "-" if value is None else f"{value:,}"
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n:,} {word}" + ("" if n == 1 else "s")
+
+
+def _short(text: Any, width: int) -> str:
+    text = "" if text is None else str(text)
+    text = text.replace("\n", " ")
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _when(ts: str | None) -> str:
+    """A stored timestamp as ``YYYY-MM-DD HH:MM`` (UTC)."""
+    return "-" if not ts else ts[:16].replace("T", " ")
+
+
+def describe(ev: AgentEvent) -> str:
+    """The payload bits worth a glance, in one line (for ``tail``)."""
+    p = ev.payload
+    kind = ev.event_type
+    if kind == "session_started":
+        return " ".join(f"{k}={v}" for k, v in (p.get("metadata") or {}).items())
+    if kind == "session_ended":
+        extra = f" error={_short(p.get('error'), 60)}" if p.get("error") else ""
+        return f"status={p.get('status')} duration={_ms(p.get('duration_ms'))}{extra}"
+    if kind in ("tool_started", "llm_started"):
+        args = p.get("args") or {}
+        name = p.get("tool") or p.get("name")
+        model = f" model={p['model']}" if p.get("model") else ""
+        shown = ", ".join(f"{k}={v!r}" for k, v in args.items()) if isinstance(args, dict) else ""
+        return f"{name}({_short(shown, 60)}){model}"
+    if kind == "tool_executed":
+        result = orjson.dumps(p.get("result"), default=str).decode()
+        return f"{p.get('tool')} -> {_short(result, 60)} ({_ms(p.get('duration_ms'))})"
+    if kind.endswith("_failed"):
+        name = p.get("tool") or p.get("name") or p.get("decision")
+        return f"{name} {p.get('error_type')}: {_short(p.get('error'), 60)}"
+    if kind == "llm_responded":
+        usage = p.get("usage") or {}
+        tokens = ""
+        if usage:
+            tokens = f" tokens in={usage.get('input_tokens')} out={usage.get('output_tokens')}"
+        if "chunks" in p:
+            return f"{p.get('name')} streamed {p['chunks']} chunks{tokens}"
+        return f"{p.get('name')}{tokens} ({_ms(p.get('duration_ms'))})"
+    if kind == "decision_made":
+        choice = p.get("choice")
+        if isinstance(choice, dict) and "tool" in choice:
+            choice = choice["tool"]
+        elif isinstance(choice, dict) and choice.get("final"):
+            choice = "final answer"
+        reasoning = f": {_short(p.get('reasoning'), 50)}" if p.get("reasoning") else ""
+        return f"{p.get('decision')} -> {_short(choice, 40)}{reasoning}"
+    if kind == "user_message_received":
+        return repr(_short(p.get("message"), 80))
+    if kind == "response_generated":
+        return f"{_short(p.get('response'), 60)!r} tokens={p.get('tokens_used')}"
+    return _short(orjson.dumps(p, default=str).decode(), 80)
+
+
+def _event_style(event_type: str) -> str | None:
+    if event_type.endswith("_failed") or event_type == "error_occurred":
+        return "bold red"
+    if event_type.startswith("tool_"):
+        return "green"
+    if event_type.startswith("llm_"):
+        return "blue"
+    if event_type.startswith("decision_"):
+        return "magenta"
+    if event_type.startswith("session_"):
+        return "bold"
+    return None
+
+
+# --- the store -------------------------------------------------------------------
+
+
+def _store_url(args: argparse.Namespace) -> str:
+    return getattr(args, "store", None) or os.environ.get("AGENT_TRACE_STORE") or DEFAULT_STORE_URL
+
+
+def _open_store(url: str, must_exist: bool = True) -> EventStore:
+    """The store at ``url``; a missing file or directory is a usage error when reading."""
+    from agent_trace.stores import JSONLStore, SQLiteStore, open_store
+    from agent_trace.stores.base import mask_url
+
+    try:
+        store = open_store(url)
+    except (ValueError, ConnectionError, PermissionError, ImportError, TypeError) as exc:
+        raise UsageError(str(exc)) from None
+    if must_exist:
+        missing = None
+        if isinstance(store, SQLiteStore) and store.path != ":memory:":
+            missing = None if os.path.isfile(store.path) else f"file {store.path}"
+        elif isinstance(store, JSONLStore):
+            missing = None if os.path.isdir(store.directory) else f"directory {store.directory}"
+        if missing:
+            raise UsageError(
+                f"no store at {mask_url(url)} ({missing} does not exist); pass --store URL, "
+                "set AGENT_TRACE_STORE, or record something first (agent-trace demo)"
+            )
+    return store
+
+
+async def _session_events(store: EventStore, session_id: str, url: str) -> list[AgentEvent]:
+    """The session's events; an unknown id is a usage error that suggests near matches."""
+    events = await store.get_events(session_id)
+    if events:
+        return events
+    from agent_trace.stores.base import mask_url
+
+    ids = [info.session_id for info in await store.list_sessions()]
+    near = [i for i in ids if session_id and i.startswith(session_id)][:3]
+    near += [
+        i for i in difflib.get_close_matches(session_id, ids, n=3, cutoff=0.6) if i not in near
+    ]
+    hint = f"; did you mean {', '.join(near[:3])}?" if near else ""
+    if not ids:
+        hint = " (the store is empty)"
+    raise UsageError(f"no session {session_id!r} in {mask_url(url)}{hint}")
+
+
+# --- commands ------------------------------------------------------------------
+
+
+async def cmd_sessions(args: argparse.Namespace, store: EventStore, out: Output) -> int:
+    """A table of sessions, newest first."""
+    from agent_trace.projections import build_session_summary
+
+    since = _parse_since(args.since) if args.since else None
+    infos = await store.list_sessions()
+    rows = []
+    with out.progress("reading sessions", len(infos)) as advance:
+        for info in infos:
+            advance()
+            if since is not None and datetime.fromisoformat(info.started_at) < since:
+                continue
+            events = await store.get_events(info.session_id)
+            summary = build_session_summary(events, info.session_id)
+            calls = [
+                ev.payload.get("tool")
+                for ev in events
+                if ev.event_type in ("tool_executed", "tool_failed")
+            ]
+            if args.tool and args.tool not in calls:
+                continue
+            failed = summary.status in ("error", "cancelled") or bool(summary.errors)
+            if args.failed and not failed:
+                continue
+            rows.append(
+                {
+                    "session_id": info.session_id,
+                    "started_at": info.started_at,
+                    "last_activity": info.last_activity,
+                    "duration_ms": summary.duration_ms,
+                    "events": info.event_count,
+                    "tool_calls": len(calls),
+                    "tools": sorted({c for c in calls if isinstance(c, str)}),
+                    "llm_calls": summary.llm_calls,
+                    "tokens": summary.total_tokens,
+                    "failures": len(summary.errors),
+                    "status": summary.status,
+                    "metadata": info.metadata,
+                }
+            )
+            if args.limit is not None and len(rows) >= args.limit:
+                break
+    if out.json:
+        out.emit_json(rows)
+        return 0
+    if not rows:
+        out.line("no sessions match" if infos else "no sessions in the store yet")
+        return 0
+    _table(
+        out,
+        ["session", "started (UTC)", "duration", "events", "tools", "tokens", "failures", "status"],
+        [
+            [
+                r["session_id"],
+                _when(r["started_at"]),
+                _ms(r["duration_ms"]),
+                _n(r["events"]),
+                _n(r["tool_calls"]),
+                _n(r["tokens"]),
+                _n(r["failures"]),
+                r["status"],
+            ]
+            for r in rows
+        ],
+    )
+    return 0
+
+
+def _parse_since(text: str) -> datetime:
+    """``30m``, ``2h``, ``7d`` ago, or an ISO date/datetime (UTC unless it says otherwise)."""
+    m = re.fullmatch(r"(\d+)\s*([smhdw])", text.strip())
+    if m:
+        unit = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+        return datetime.now(timezone.utc) - timedelta(**{unit[m.group(2)]: int(m.group(1))})
+    try:
+        when = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise UsageError(
+            f"--since {text!r}: use a duration (30m, 2h, 7d) or an ISO date (2024-05-01)"
+        ) from None
+    return when if when.tzinfo else when.replace(tzinfo=timezone.utc)
+
+
+async def cmd_show(args: argparse.Namespace, store: EventStore, out: Output) -> int:
+    """The span tree of one session, with a waterfall of when each call ran."""
+    from agent_trace.timeline import timeline_data
+
+    events = await _session_events(store, args.session_id, _store_url(args))
+    data = timeline_data(events)
+    spans, s = data["spans"], data["summary"]
+    if out.json:
+        out.emit_json(
+            {
+                "session_id": data["session_id"],
+                "summary": s,
+                "duration_ms": data["duration_ms"],
+                "spans": _nest(spans),
+            }
+        )
+        return 0
+    header = (
+        f"session {data['session_id']}  {s['status']}  {_ms(s['duration_ms'])}  "
+        f"{s['events']} events  {s['llm_calls']} LLM calls  {s['tool_calls']} tool calls  "
+        f"{s['decisions']} decisions  tokens {_n(s['total_tokens'])} "
+        f"({_n(s['input_tokens'])} in / {_n(s['output_tokens'])} out)  "
+        f"{_plural(s['failures'], 'failure')}"
+    )
+    total = max(data["duration_ms"], 1e-9)
+    width = 32 if not out.rich or out.console.width >= 120 else 16
+
+    def bar(sp: dict[str, Any]) -> str:
+        a = int(sp["start_ms"] / total * width)
+        b = max(round(sp["end_ms"] / total * width), a + 1)
+        return " " * a + "█" * (b - a) + " " * (width - b)
+
+    def label(sp: dict[str, Any]) -> str:
+        parts = [sp["name"]]
+        if sp["detail"]:
+            parts.append(sp["detail"])
+        if sp["model"]:
+            parts.append(sp["model"])
+        if sp["tokens"] is not None:
+            parts.append(f"{sp['tokens']} tok")
+        return " ".join(parts)
+
+    def failure(sp: dict[str, Any]) -> str:
+        return f"FAILED: {_short(sp['error'], 200)}" if sp["status"] == "error" else ""
+
+    prefixes = _tree_prefixes(spans)
+    if out.rich:
+        from rich.text import Text
+
+        console = out.console
+        out.console.print(Text(header, style="bold"))
+        room = max(console.width - width - 13, 20)
+        for sp, prefix in zip(spans, prefixes, strict=True):
+            failed = sp["status"] == "error"
+            style = "red" if failed else _KIND_STYLE.get(sp["kind"], "white")
+            cell = Text(no_wrap=True, overflow="ellipsis")
+            cell.append(prefix, style="dim")
+            cell.append(f"{sp['kind']} ", style=f"bold {style}")
+            cell.append(label(sp), style="red" if failed else None)
+            cell.truncate(room, overflow="ellipsis", pad=True)
+            cell.append(f" {_ms(sp['duration_ms']):>9}  ")
+            cell.append(bar(sp), style=style)
+            console.print(cell, no_wrap=True, crop=True)
+            if failed:
+                guide = prefix.replace("├─", "│ ").replace("└─", "  ")
+                note = Text(no_wrap=True, overflow="ellipsis")
+                note.append(guide + "   ", style="dim")
+                note.append(failure(sp), style="bold red")
+                console.print(note, no_wrap=True, crop=True)
+        return 0
+    print(header)
+    rows = [
+        _short(f"{p}{sp['kind']} {label(sp)}", 80) for sp, p in zip(spans, prefixes, strict=True)
+    ]
+    w = max((len(r) for r in rows), default=0)
+    for sp, row in zip(spans, rows, strict=True):
+        line = f"{row:<{w}}  {_ms(sp['duration_ms']):>8}  |{bar(sp)}|  {failure(sp)}"
+        print(line.rstrip())
+    return 0
+
+
+def _tree_prefixes(spans: list[dict[str, Any]]) -> list[str]:
+    """``├─``/``└─`` guides for spans listed depth first with their depth."""
+    prefixes = []
+    for i, sp in enumerate(spans):
+        d = sp["depth"]
+        guides = []
+        for level in range(d + 1):
+            # Is there a later span at this level before the subtree ends?
+            later = False
+            for nxt in spans[i + 1 :]:
+                if nxt["depth"] < level:
+                    break
+                if nxt["depth"] == level:
+                    later = True
+                    break
+            if level < d:
+                guides.append("│  " if later else "   ")
+            else:
+                guides.append("├─ " if later else "└─ ")
+        prefixes.append("".join(guides))
+    return prefixes
+
+
+def _nest(spans: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    roots: list[dict[str, Any]] = []
+    stack: list[dict[str, Any]] = []
+    for sp in spans:
+        node = {k: v for k, v in sp.items() if k != "depth"} | {"children": []}
+        del stack[sp["depth"] :]
+        (stack[-1]["children"] if stack else roots).append(node)
+        stack.append(node)
+    return roots
+
+
+async def cmd_replay(args: argparse.Namespace, store: EventStore, out: Output) -> int:
+    """Step through a session in recorded order; ``--step`` waits for Enter on a terminal."""
+    from agent_trace.replay import iter_steps
+
+    events = await _session_events(store, args.session_id, _store_url(args))
+    steps = list(iter_steps(events))
+    if out.json:
+        out.emit_json(
+            [
+                {
+                    "index": st.index,
+                    "version": st.version,
+                    "event_type": st.event_type,
+                    "depth": st.depth,
+                    "kind": st.kind,
+                    "name": st.name,
+                    "text": st.render(),
+                    "event": st.event.to_dict(),
+                }
+                for st in steps
+            ]
+        )
+        return 0
+    interactive = args.step and sys.stdin.isatty() and sys.stdout.isatty()
+    for i, st in enumerate(steps):
+        first, *details = st.lines()
+        out.line(first, style=_event_style(st.event_type))
+        for detail in details:
+            out.line(detail, style="dim")
+        if interactive and i < len(steps) - 1:
+            try:
+                answer = await asyncio.to_thread(
+                    input, f"-- step {i + 1}/{len(steps)}: Enter, q --"
+                )
+            except EOFError:
+                break
+            if answer.strip().lower() == "q":
+                break
+    return 0
+
+
+async def cmd_summary(args: argparse.Namespace, store: EventStore, out: Output) -> int:
+    """One session's summary (``agent_trace.projections.build_session_summary``)."""
+    from agent_trace.projections import build_session_summary
+
+    events = await _session_events(store, args.session_id, _store_url(args))
+    summary = build_session_summary(events, args.session_id).to_dict()
+    if out.json:
+        out.emit_json(summary)
+        return 0
+    tools = Counter(summary["tools_used"])
+    rows = [
+        ["session", summary["session_id"]],
+        ["status", summary["status"]],
+        ["started (UTC)", _when(summary["started_at"])],
+        ["last activity", _when(summary["last_activity"])],
+        ["duration", _ms(summary["duration_ms"])],
+        ["events", _n(len(events))],
+        ["user messages", _n(summary["total_messages"])],
+        ["decisions", _n(summary["decisions"])],
+        ["LLM calls", _n(summary["llm_calls"])],
+        ["tokens", f"{_n(summary['total_tokens'])}"],
+        ["input tokens", _n(summary["input_tokens"])],
+        ["output tokens", _n(summary["output_tokens"])],
+        ["tools used", ", ".join(f"{t} x{n}" for t, n in tools.items()) or "-"],
+        ["errors", _n(len(summary["errors"]))],
+    ]
+    rows += [["  error", _short(e, 100)] for e in summary["errors"]]
+    if out.rich:
+        from rich.table import Table
+
+        table = Table(show_header=False, box=None)
+        table.add_column(style="bold")
+        table.add_column()
+        for key, value in rows:
+            bad = key.strip() == "error" or (key == "status" and value in ("error", "cancelled"))
+            table.add_row(key, value, style="red" if bad else None)
+        out.console.print(table)
+        return 0
+    for key, value in rows:
+        print(f"{key + ':':<15} {value}")
+    return 0
+
+
+async def cmd_stats(args: argparse.Namespace, store: EventStore, out: Output) -> int:
+    """Tool stats, tokens per model and sessions per day across the store."""
+    from agent_trace.projections import CostPerModel, rebuild, tool_stats
+
+    tools = await tool_stats(store)
+    cost = CostPerModel()
+    models = cost.usage(await rebuild(cost, store))
+    infos = await store.list_sessions()
+    per_day = Counter(info.started_at[:10] for info in infos)
+    days = dict(sorted(per_day.items()))
+    if out.json:
+        out.emit_json(
+            {
+                "sessions": len(infos),
+                "events": sum(info.event_count for info in infos),
+                "tools": {
+                    name: {
+                        "calls": t.calls,
+                        "failures": t.failures,
+                        "failure_rate": t.failure_rate,
+                        "p50_ms": t.p50_ms,
+                        "p95_ms": t.p95_ms,
+                        "mean_ms": t.mean_ms,
+                    }
+                    for name, t in tools.items()
+                },
+                "models": {
+                    name: {
+                        "calls": m.calls,
+                        "failures": m.failures,
+                        "input_tokens": m.input_tokens,
+                        "output_tokens": m.output_tokens,
+                        "total_tokens": m.total_tokens,
+                    }
+                    for name, m in models.items()
+                },
+                "sessions_per_day": days,
+            }
+        )
+        return 0
+    events = sum(info.event_count for info in infos)
+    out.line(f"{len(infos):,} sessions, {events:,} events")
+    out.line()
+    _table(
+        out,
+        ["tool", "calls", "failures", "fail %", "p50", "p95", "mean"],
+        [
+            [
+                name,
+                _n(t.calls),
+                _n(t.failures),
+                f"{t.failure_rate * 100:.1f}%",
+                _ms(t.p50_ms),
+                _ms(t.p95_ms),
+                _ms(t.mean_ms),
+            ]
+            for name, t in tools.items()
+        ],
+        title="tools",
+    )
+    out.line()
+    _table(
+        out,
+        ["model", "calls", "failures", "input tokens", "output tokens", "total tokens"],
+        [
+            [
+                name,
+                _n(m.calls),
+                _n(m.failures),
+                _n(m.input_tokens),
+                _n(m.output_tokens),
+                _n(m.total_tokens),
+            ]
+            for name, m in models.items()
+        ],
+        title="tokens per model",
+    )
+    out.line()
+    _table(
+        out, ["day (UTC)", "sessions"], [[d, _n(n)] for d, n in days.items()], "sessions per day"
+    )
+    return 0
+
+
+async def cmd_verify(args: argparse.Namespace, store: EventStore, out: Output) -> int:
+    """Recompute hash chains: exit 0 if every chain holds, 1 if any breaks."""
+    from agent_trace.stores.base import StoreError
+
+    try:
+        return await _verify(args, store, out)
+    except StoreError as exc:
+        # The store cannot even be read back in order (a line cut out of a JSONL
+        # file): that is a failed verification, not a usage error.
+        if out.json:
+            out.emit_json({"ok": False, "error": str(exc), "failures": []})
+        else:
+            out.line(f"FAILED: the stored history is broken: {exc}", style="bold red")
+        raise VerificationFailed from None
+
+
+async def _verify(args: argparse.Namespace, store: EventStore, out: Output) -> int:
+    from agent_trace.integrity import verify_session
+
+    if args.session_id:
+        await _session_events(store, args.session_id, _store_url(args))
+        results = [await verify_session(args.session_id, store)]
+        sessions = 1
+    else:
+        infos = await store.list_sessions()
+        sessions = len(infos)
+        results = []
+        with out.progress("verifying", sessions) as advance:
+            for info in infos:
+                results.append(await verify_session(info.session_id, store))
+                advance()
+    failures = [r for r in results if not r.ok]
+    events_checked = sum(r.events_checked for r in results)
+    bad = []
+    for r in failures:
+        event_id = None
+        if r.first_bad_version is not None:
+            at_bad = await store.get_events(r.session_id, after_version=r.first_bad_version - 1)
+            event_id = at_bad[0].event_id if at_bad else None
+        bad.append(
+            {
+                "session_id": r.session_id,
+                "first_bad_version": r.first_bad_version,
+                "event_id": event_id,
+                "reason": r.reason,
+                "events_checked": r.events_checked,
+            }
+        )
+    ok = not failures
+    if out.json:
+        out.emit_json(
+            {
+                "ok": ok,
+                "sessions_checked": sessions,
+                "events_checked": events_checked,
+                "failures": bad,
+            }
+        )
+    else:
+        for f in bad:
+            event = f" (event {f['event_id']})" if f["event_id"] else ""
+            out.line(
+                f"FAILED {f['session_id']} at version {f['first_bad_version']}{event}: "
+                f"{f['reason']}",
+                style="bold red",
+            )
+        verdict = "ok" if ok else f"{len(bad)} of {sessions} sessions FAILED"
+        checked = f"{_plural(sessions, 'session')}, {_plural(events_checked, 'event')}"
+        out.line(
+            f"verified {checked}: {verdict}",
+            style="green" if ok else "bold red",
+        )
+    if not ok:
+        raise VerificationFailed
+    return 0
+
+
+async def cmd_export(args: argparse.Namespace, store: EventStore, out: Output) -> int:
+    """Write one session as JSON lines (the stored form, hashes included) or OTLP/JSON."""
+    events = await _session_events(store, args.session_id, _store_url(args))
+    if args.format == "otlp-json":
+        from agent_trace.otel import session_to_otlp_json
+
+        doc = session_to_otlp_json(events, capture_content=args.capture_content)
+        body = orjson.dumps(doc, option=orjson.OPT_INDENT_2) + b"\n"
+    else:
+        # The stored form (no upcasting): what the hash chain covers.
+        stored = await store.get_events(args.session_id, raw=True)  # type: ignore[call-arg]
+        lines = []
+        with out.progress("exporting", len(stored)) as advance:
+            for ev in stored:
+                lines.append(orjson.dumps(ev.to_dict()))
+                advance()
+        body = b"".join(line + b"\n" for line in lines)
+    if args.output and args.output != "-":
+        Path(args.output).write_bytes(body)
+        if out.json:
+            out.emit_json({"path": args.output, "format": args.format, "events": len(events)})
+        else:
+            print(f"wrote {args.output} ({args.format}, {len(body):,} bytes)", file=sys.stderr)
+    else:
+        sys.stdout.flush()
+        sys.stdout.buffer.write(body)
+        sys.stdout.flush()
+    return 0
+
+
+async def cmd_ingest(args: argparse.Namespace, store: EventStore, out: Output) -> int:
+    """Append the events of a JSONL file (a spill file or an export); idempotent by event id."""
+    from agent_trace.spill import ingest
+
+    if not os.path.isfile(args.file):
+        raise UsageError(f"no such file: {args.file}")
+    try:
+        with out.status(f"ingesting {args.file}"):
+            written = await ingest(args.file, store, remove=args.remove)
+    except ValueError as exc:  # a line that is not an event: nothing after it was written
+        raise UsageError(str(exc)) from None
+    if out.json:
+        out.emit_json({"path": args.file, "written": written, "removed": args.remove})
+    else:
+        out.line(f"ingested {args.file}: {_plural(written, 'new event')} written")
+    return 0
+
+
+async def cmd_tail(args: argparse.Namespace, store: EventStore, out: Output) -> int:
+    """Print new events of every session as they are appended, until Ctrl-C."""
+    position = 0
+    pending: list[AgentEvent] = []
+    if not args.from_start:
+        position = await _end_position(store)
+        if args.last:
+            pending = (await store.read_all(max(position - args.last, 0)))[-args.last :]
+    from agent_trace.stores.base import mask_url
+
+    # On stderr, so stdout stays events only; also says "ready" to a script.
+    print(
+        f"{PROG}: following {mask_url(_store_url(args))} after position {position} "
+        "(Ctrl-C to stop)",
+        file=sys.stderr,
+        flush=True,
+    )
+    shown = 0
+    deadline = time.monotonic() + args.timeout if args.timeout else None
+    wait_for_events = getattr(store, "wait_for_events", None)
+    while True:
+        for ev in pending:
+            _print_event(out, ev)
+            shown += 1
+            if args.max_events and shown >= args.max_events:
+                return 0
+        if deadline is not None and time.monotonic() >= deadline:
+            return 0
+        page = await store.read_all(position, PAGE)
+        if page:
+            position = page[-1].position
+            pending = page
+            continue
+        pending = []
+        wait = args.interval
+        if deadline is not None:
+            wait = max(min(wait, deadline - time.monotonic()), 0)
+        if wait_for_events is not None:
+            await wait_for_events(position, wait)
+        else:
+            await asyncio.sleep(wait)
+
+
+async def _end_position(store: EventStore) -> int:
+    """The store's last position, in O(log n) one-event reads (positions only increase)."""
+    lo, hi = 0, 1
+    while await store.read_all(hi, 1):
+        lo, hi = hi, hi * 2
+    # Events exist after ``lo`` (or lo == 0), none after ``hi``.
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if await store.read_all(mid, 1):
+            lo = mid
+        else:
+            hi = mid
+    page = await store.read_all(lo, 1)
+    return page[0].position if page else 0
+
+
+def _print_event(out: Output, ev: AgentEvent) -> None:
+    if out.json:
+        sys.stdout.write(orjson.dumps(ev.to_dict()).decode() + "\n")
+        sys.stdout.flush()
+        return
+    sid = _short(ev.session_id, 20)
+    text = f"{ev.timestamp[11:26]}  {sid:<20}  {ev.event_type:<22}  {describe(ev)}"
+    out.line(text, style=_event_style(ev.event_type))
+
+
+async def cmd_html(args: argparse.Namespace, store: EventStore, out: Output) -> int:
+    """Write the session's self-contained HTML timeline."""
+    from agent_trace.timeline import render_html, timeline_data
+
+    events = await _session_events(store, args.session_id, _store_url(args))
+    path = Path(args.output or re.sub(r"[^A-Za-z0-9._-]", "_", args.session_id) + ".html")
+    path.write_text(render_html(events), encoding="utf-8")
+    spans = len(timeline_data(events)["spans"])
+    if out.json:
+        out.emit_json({"path": str(path), "events": len(events), "spans": spans})
+    else:
+        out.line(f"wrote {path} ({len(events)} events, {spans} spans)")
+        out.line(f"open {path.resolve().as_uri()}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace, out: Output) -> int:
+    """Run the bundled research agent into the store and say where to look next."""
+    agent = _load_demo_agent()
+    url = _store_url(args)
+    _open_store(url, must_exist=False)  # a bad URL is a usage error, before anything runs
+    argv = ["--store", url, "--sessions", str(args.sessions), "--quiet"]
+    with contextlib.redirect_stdout(sys.stderr if out.json else sys.stdout):
+        agent.main(argv)
+    store_opt = f" --store {url}" if getattr(args, "store", None) else ""
+    example = "research-03" if args.sessions > 3 else "research-00"
+    commands = [
+        f"{PROG}{store_opt} sessions",
+        f"{PROG}{store_opt} show {example}",
+        f"{PROG}{store_opt} html {example} -o trace.html",
+        f"{PROG}{store_opt} verify",
+        f"{PROG}{store_opt} stats",
+    ]
+    if out.json:
+        out.emit_json({"store": url, "sessions": args.sessions, "next": commands})
+        return 0
+    out.line("look next:")
+    for c in commands:
+        out.line(f"  {c}")
+    return 0
+
+
+def _load_demo_agent() -> Any:
+    """The research agent: shipped in the package, or ``examples/`` of a source checkout.
+
+    ``agent_trace/_demo_agent.py`` is a symlink to ``examples/research_agent.py``
+    (one source); a wheel holds the file itself. A checkout without symlink
+    support (a text file holding the link's target) falls back to ``examples/``.
+    """
+    with contextlib.suppress(ImportError, SyntaxError):
+        return importlib.import_module("agent_trace._demo_agent")
+    path = Path(__file__).resolve().parent.parent / "examples" / "research_agent.py"
+    if not path.is_file():
+        raise UsageError(
+            "the demo agent is not in this installation (examples/research_agent.py not found)"
+        )
+    spec = importlib.util.spec_from_file_location("agent_trace_demo_research_agent", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up by name
+    spec.loader.exec_module(module)
+    return module
+
+
+# --- argument parsing ----------------------------------------------------------
+
+
+_COMMANDS: dict[str, tuple[Any, str, str]] = {
+    "sessions": (cmd_sessions, "list sessions, newest first", "agent-trace sessions --failed"),
+    "show": (cmd_show, "span tree of one session", "agent-trace show research-03"),
+    "replay": (cmd_replay, "step through a session", "agent-trace replay research-03 --step"),
+    "summary": (cmd_summary, "one session's summary", "agent-trace summary research-03 --json"),
+    "stats": (cmd_stats, "tool stats, tokens per model, sessions per day", "agent-trace stats"),
+    "verify": (
+        cmd_verify,
+        "verify hash chains (exit 1 if any fails)",
+        "agent-trace verify\n  agent-trace verify research-03",
+    ),
+    "export": (
+        cmd_export,
+        "export a session as JSON lines or OTLP/JSON",
+        "agent-trace export research-03 --format jsonl -o research-03.jsonl",
+    ),
+    "ingest": (
+        cmd_ingest,
+        "append the events of a JSONL file (spill file or export)",
+        "agent-trace ingest agent_trace.spill.jsonl",
+    ),
+    "tail": (cmd_tail, "follow new events of all sessions live", "agent-trace tail --last 20"),
+    "html": (
+        cmd_html,
+        "write a self-contained HTML timeline of a session",
+        "agent-trace html research-03 -o trace.html",
+    ),
+    "demo": (
+        cmd_demo,
+        "record the bundled research agent into the store",
+        "agent-trace --store sqlite:///demo.db demo",
+    ),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    # SUPPRESS: the options work before or after the command without one
+    # position's default overwriting the other's value.
+    common.add_argument(
+        "--store",
+        metavar="URL",
+        default=argparse.SUPPRESS,
+        help="store URL (default: $AGENT_TRACE_STORE or sqlite:///agent_trace.db)",
+    )
+    common.add_argument(
+        "--json", action="store_true", default=argparse.SUPPRESS, help="JSON output"
+    )
+    common.add_argument(
+        "--plain",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="plain text even on a terminal",
+    )
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        parents=[common],
+        description="Inspect, verify and export agent_trace sessions.",
+        epilog="exit codes: 0 ok, 1 verification failed, 2 usage error\n"
+        "example:\n  agent-trace demo && agent-trace sessions",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    from agent_trace import __version__
+
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    subs = {}
+    for name, (fn, help_text, example) in _COMMANDS.items():
+        doc = (fn.__doc__ or help_text).strip()
+        subs[name] = sub.add_parser(
+            name,
+            parents=[common],
+            help=help_text,
+            description=doc,
+            epilog=f"example:\n  {example}",
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+    s = subs["sessions"]
+    s.add_argument("--limit", type=_non_negative, default=None, help="at most N sessions")
+    s.add_argument("--since", metavar="WHEN", help="started since: 30m, 2h, 7d or an ISO date")
+    s.add_argument("--tool", metavar="NAME", help="only sessions that called this tool")
+    s.add_argument("--failed", action="store_true", help="only sessions with a failure")
+    for name in ("show", "replay", "summary", "html", "export"):
+        subs[name].add_argument("session_id", metavar="ID", help="session id")
+    subs["verify"].add_argument(
+        "session_id", metavar="ID", nargs="?", help="one session (default: every session)"
+    )
+    subs["replay"].add_argument(
+        "--step", action="store_true", help="wait for Enter between steps (on a terminal)"
+    )
+    e = subs["export"]
+    e.add_argument("--format", choices=("jsonl", "otlp-json"), default="jsonl")
+    e.add_argument("-o", "--output", metavar="FILE", help="write here instead of stdout")
+    e.add_argument(
+        "--capture-content",
+        action="store_true",
+        help="otlp-json: include arguments, results and responses as span attributes",
+    )
+    subs["ingest"].add_argument("file", metavar="FILE", help="JSONL file of events")
+    subs["ingest"].add_argument(
+        "--remove", action="store_true", help="empty the file once every event is stored"
+    )
+    t = subs["tail"]
+    t.add_argument("-n", "--last", type=_non_negative, default=0, help="first show the last N")
+    t.add_argument("--from-start", action="store_true", help="replay the whole log first")
+    t.add_argument("--interval", type=float, default=0.5, help="poll interval in seconds")
+    t.add_argument("--max-events", type=_non_negative, default=0, help="stop after N events")
+    t.add_argument("--timeout", type=float, default=0, help="stop after this many seconds")
+    subs["html"].add_argument("-o", "--output", metavar="FILE", help="default: ID.html")
+    subs["demo"].add_argument("--sessions", type=_positive, default=8, help="sessions to run")
+    return parser
+
+
+def _non_negative(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0: {text!r}")
+    return value
+
+
+def _positive(text: str) -> int:
+    value = _non_negative(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1: {text!r}")
+    return value
+
+
+async def _run(args: argparse.Namespace, out: Output) -> int:
+    fn = _COMMANDS[args.command][0]
+    store = _open_store(_store_url(args), must_exist=args.command != "ingest")
+    try:
+        return await fn(args, store, out)
+    finally:
+        await store.close()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``agent-trace`` console script; returns the exit code."""
+    from agent_trace.stores.base import StoreError
+
+    args = build_parser().parse_args(argv)
+    out = Output(getattr(args, "json", False), getattr(args, "plain", False))
+    try:
+        if args.command == "demo":
+            return cmd_demo(args, out)
+        return asyncio.run(_run(args, out))
+    except UsageError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 2
+    except VerificationFailed:
+        return 1
+    except BrokenPipeError:
+        # The reader (``| head``) has what it wanted; silence the flush at exit.
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    except (ConnectionError, OSError, StoreError) as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130 if args.command != "tail" else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

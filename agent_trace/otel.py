@@ -1,0 +1,611 @@
+"""OpenTelemetry export: recorded sessions as GenAI spans, live or after the fact.
+
+Mapping (OpenTelemetry GenAI semantic conventions):
+
+- a session -> ``invoke_agent {agent}`` (``gen_ai.operation.name``
+  ``invoke_agent``, ``gen_ai.conversation.id`` = session id, ``gen_ai.agent.name``
+  when the session metadata has ``agent`` or one is configured);
+- a tool call -> ``execute_tool {tool}`` (``gen_ai.tool.name``,
+  ``gen_ai.tool.call.id`` = the call's span id; arguments and result only
+  with ``capture_content=True``);
+- an LLM call -> ``chat {model}`` (``gen_ai.request.model``,
+  ``gen_ai.usage.input_tokens``/``output_tokens``,
+  ``gen_ai.response.finish_reasons`` when the response says);
+- a decision -> ``decision {name}``, an internal span with the choice;
+- failures set the span status to error and ``error.type``; any other event
+  (``emit()``) becomes a span event on the call (or session) it happened in.
+
+One trace per session: the trace id is the session id when that is a UUID
+(else a hash of it), span ids are the recorded span ids, parents come from
+``parent_span_id``, and every timestamp is the event's own. Spans are built
+directly (not through a live tracer), so exporting a session twice yields the
+same ids.
+
+Two ways in: :class:`OTelExporter` takes batches of events as they are
+written (a recorder sink) or any list of events; :func:`export_session`
+exports a stored session. :func:`session_to_otlp_json` renders a session as
+OTLP/JSON with no OpenTelemetry package at all. The SDK is imported lazily
+(extra ``otel``); ``import agent_trace`` never imports it. Never raises into
+agent code: the recorder calls the exporter off the caller's path.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from agent_trace._version import __version__
+from agent_trace.events import AgentEvent
+
+if TYPE_CHECKING:
+    from agent_trace.stores.base import EventStore
+
+__all__ = [
+    "OTelExporter",
+    "SpanRecord",
+    "build_spans",
+    "export_session",
+    "export_session_otlp_json",
+    "session_to_otlp_json",
+    "spans_to_otlp_json",
+]
+
+log = logging.getLogger("agent_trace")
+_SCOPE = "agent_trace"
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+
+@dataclass
+class SpanRecord:
+    """One finished span, independent of the OpenTelemetry SDK."""
+
+    name: str
+    trace_id: int
+    span_id: int
+    parent_span_id: int | None
+    kind: str  # "internal" or "client"
+    start_ns: int
+    end_ns: int
+    attributes: dict[str, Any] = field(default_factory=dict)
+    #: (name, time in ns, attributes)
+    events: list[tuple[str, int, dict[str, Any]]] = field(default_factory=list)
+    error: str | None = None  # status description when the span failed
+    failed: bool = False
+
+
+class _SpanBuilder:
+    """Folds events into spans: opens on ``*_started``, finishes on the outcome.
+
+    Keeps open spans between calls, so batches may split a call or a session.
+    """
+
+    def __init__(self, *, capture_content: bool = False, agent_name: str | None = None) -> None:
+        self.capture_content = capture_content
+        self.agent_name = agent_name
+        # (session id, span key) -> open span; the session span's key is "".
+        self._open: dict[tuple[str, str], SpanRecord] = {}
+        self._last_ns: dict[str, int] = {}
+
+    def feed(self, events: Iterable[AgentEvent]) -> list[SpanRecord]:
+        done: list[SpanRecord] = []
+        for ev in events:
+            try:
+                self._one(ev, done)
+            except Exception:  # a malformed payload must not stop the export
+                continue
+        return done
+
+    def finish_open(self, session_id: str | None = None) -> list[SpanRecord]:
+        """End spans still open (of one session, or all) at their session's last event."""
+        done = []
+        for key in [k for k in self._open if session_id is None or k[0] == session_id]:
+            span = self._open.pop(key)
+            span.end_ns = max(span.start_ns, self._last_ns.get(key[0], span.start_ns))
+            span.attributes["agent_trace.incomplete"] = True
+            done.append(span)
+        # Children before parents, as they would have ended.
+        done.sort(key=lambda s: s.parent_span_id is None)
+        return done
+
+    def _one(self, ev: AgentEvent, done: list[SpanRecord]) -> None:
+        sid, etype, p = ev.session_id, ev.event_type, ev.payload
+        ts = _to_ns(ev.timestamp)
+        self._last_ns[sid] = max(ts, self._last_ns.get(sid, 0))
+        trace_id = _trace_id(sid)
+        if etype == "session_started":
+            meta = p.get("metadata") if isinstance(p.get("metadata"), dict) else {}
+            agent = meta.get("agent") or meta.get("agent_name") or self.agent_name
+            attrs: dict[str, Any] = {
+                "gen_ai.operation.name": "invoke_agent",
+                "gen_ai.conversation.id": sid,
+            }
+            if agent:
+                attrs["gen_ai.agent.name"] = str(agent)
+            for key, value in meta.items():
+                if isinstance(value, (str, bool, int, float)):
+                    attrs[f"agent_trace.session.{key}"] = value
+            previous = self._open.pop((sid, ""), None)
+            if previous is not None:  # re-entered before it ended: close the old one
+                previous.end_ns = ts
+                done.append(previous)
+            self._open[(sid, "")] = SpanRecord(
+                name=f"invoke_agent {agent}" if agent else "invoke_agent",
+                trace_id=trace_id,
+                span_id=_hash_id(f"{sid}/{ev.event_id}", 8),
+                parent_span_id=None,
+                kind="internal",
+                start_ns=ts,
+                end_ns=ts,
+                attributes=attrs,
+            )
+            return
+        if etype == "session_ended":
+            span = self._open.pop((sid, ""), None)
+            if span is None:
+                return
+            span.end_ns = ts
+            if p.get("status") == "error":
+                _fail(span, p)
+            elif p.get("status"):
+                span.attributes["agent_trace.session.status"] = str(p["status"])
+            done.append(span)
+            if not any(key[0] == sid for key in self._open):
+                del self._last_ns[sid]  # a live exporter runs for days: forget ended sessions
+            return
+        kind, _, phase = etype.rpartition("_")
+        if kind in ("tool", "llm") and phase in ("started", "executed", "responded", "failed"):
+            if phase == "started":
+                self._start_call(ev, kind, ts, trace_id)
+            else:
+                done.append(self._end_call(ev, kind, phase, ts, trace_id))
+            return
+        if etype in ("decision_made", "decision_failed"):
+            span = self._new_call_span(ev, ts - _duration_ns(p), trace_id)
+            name = str(p.get("decision") or "decision")
+            span.name = f"decision {name}"
+            span.attributes["agent_trace.decision.name"] = name
+            if etype == "decision_made":
+                span.attributes["agent_trace.decision.choice"] = _attr_value(p.get("choice"))
+                if p.get("reasoning") is not None:
+                    span.attributes["agent_trace.decision.reasoning"] = _attr_value(p["reasoning"])
+            else:
+                _fail(span, p)
+            if self.capture_content and "args" in p:
+                span.attributes["agent_trace.decision.arguments"] = _json(p["args"])
+            span.end_ns = ts
+            done.append(span)
+            return
+        # Any other event: a span event on the call it happened in, else the session.
+        target = self._open.get((sid, ev.span_id or "")) or self._open.get((sid, ""))
+        if target is not None:
+            attrs = {"agent_trace.event_id": ev.event_id}
+            if self.capture_content:
+                attrs["agent_trace.payload"] = _json(p)
+            target.events.append((etype, ts, attrs))
+
+    def _new_call_span(self, ev: AgentEvent, start_ns: int, trace_id: int) -> SpanRecord:
+        sid = ev.session_id
+        if ev.parent_span_id:
+            parent = _span_int(ev.parent_span_id)
+        else:
+            session = self._open.get((sid, ""))
+            parent = session.span_id if session is not None else None
+        return SpanRecord(
+            name=ev.event_type,
+            trace_id=trace_id,
+            span_id=_span_int(ev.span_id) if ev.span_id else _hash_id(ev.event_id, 8),
+            parent_span_id=parent,
+            kind="internal",
+            start_ns=start_ns,
+            end_ns=start_ns,
+        )
+
+    def _start_call(self, ev: AgentEvent, kind: str, ts: int, trace_id: int) -> None:
+        span = self._new_call_span(ev, ts, trace_id)
+        self._describe(span, kind, ev.payload)
+        if self.capture_content and "args" in ev.payload:
+            key = "gen_ai.tool.call.arguments" if kind == "tool" else "gen_ai.input.messages"
+            span.attributes[key] = _json(ev.payload["args"])
+        self._open[(ev.session_id, ev.span_id or ev.event_id)] = span
+
+    def _end_call(
+        self, ev: AgentEvent, kind: str, phase: str, ts: int, trace_id: int
+    ) -> SpanRecord:
+        p = ev.payload
+        span = self._open.pop((ev.session_id, ev.span_id or ""), None)
+        if span is None:  # its start was not seen (exporter added mid-call)
+            span = self._new_call_span(ev, ts - _duration_ns(p), trace_id)
+            self._describe(span, kind, p)
+        span.end_ns = max(ts, span.start_ns)
+        if phase == "failed":
+            _fail(span, p)
+        elif kind == "tool":
+            if self.capture_content and "result" in p:
+                span.attributes["gen_ai.tool.call.result"] = _json(p["result"])
+        else:
+            _llm_outcome(span, p, self.capture_content)
+        return span
+
+    def _describe(self, span: SpanRecord, kind: str, p: Mapping[str, Any]) -> None:
+        if kind == "tool":
+            tool = str(p.get("tool") or "tool")
+            span.name = f"execute_tool {tool}"
+            span.attributes.update(
+                {
+                    "gen_ai.operation.name": "execute_tool",
+                    "gen_ai.tool.name": tool,
+                    "gen_ai.tool.type": "function",
+                    "gen_ai.tool.call.id": f"{span.span_id:016x}",
+                }
+            )
+        else:
+            model = p.get("model")
+            span.name = f"chat {model or p.get('name') or 'llm'}"
+            span.kind = "client"
+            span.attributes["gen_ai.operation.name"] = "chat"
+            if model:
+                span.attributes["gen_ai.request.model"] = str(model)
+            if p.get("name"):
+                span.attributes["agent_trace.llm.name"] = str(p["name"])
+
+
+def _llm_outcome(span: SpanRecord, p: Mapping[str, Any], capture_content: bool) -> None:
+    usage = p.get("usage") if isinstance(p.get("usage"), dict) else {}
+    for ours, theirs in (
+        ("input_tokens", "gen_ai.usage.input_tokens"),
+        ("output_tokens", "gen_ai.usage.output_tokens"),
+    ):
+        if isinstance(usage.get(ours), int):
+            span.attributes[theirs] = usage[ours]
+    response = p.get("response")
+    reasons = _finish_reasons(p, response)
+    if reasons:
+        span.attributes["gen_ai.response.finish_reasons"] = reasons
+    if isinstance(response, dict):
+        if isinstance(response.get("model"), str):
+            span.attributes["gen_ai.response.model"] = response["model"]
+        if isinstance(response.get("id"), str):
+            span.attributes["gen_ai.response.id"] = response["id"]
+    if p.get("status") == "incomplete":
+        span.attributes["agent_trace.llm.status"] = "incomplete"
+    if capture_content and "response" in p:
+        span.attributes["gen_ai.output.messages"] = _json(response)
+
+
+def _finish_reasons(p: Mapping[str, Any], response: Any) -> list[str]:
+    for key in ("finish_reasons", "finish_reason", "stop_reason"):
+        value = p.get(key)
+        if value:
+            return [str(v) for v in value] if isinstance(value, list) else [str(value)]
+    if isinstance(response, dict):
+        if isinstance(response.get("choices"), list):  # OpenAI
+            found = [
+                str(c["finish_reason"])
+                for c in response["choices"]
+                if isinstance(c, dict) and c.get("finish_reason")
+            ]
+            if found:
+                return found
+        if response.get("stop_reason"):  # Anthropic
+            return [str(response["stop_reason"])]
+    return []
+
+
+def _fail(span: SpanRecord, p: Mapping[str, Any]) -> None:
+    span.failed = True
+    span.attributes["error.type"] = str(p.get("error_type") or "error")
+    if p.get("error") is not None:
+        span.error = str(p["error"])
+
+
+def build_spans(
+    events: Iterable[AgentEvent], *, capture_content: bool = False, agent_name: str | None = None
+) -> list[SpanRecord]:
+    """The spans of complete event histories; calls left open end at their session's last event."""
+    builder = _SpanBuilder(capture_content=capture_content, agent_name=agent_name)
+    return builder.feed(events) + builder.finish_open()
+
+
+# --- ids and values -----------------------------------------------------------
+
+
+def _hash_id(text: str, size: int) -> int:
+    n = int.from_bytes(hashlib.sha256(text.encode()).digest()[:size], "big")
+    return n or 1  # all-zero ids are invalid in OpenTelemetry
+
+
+def _trace_id(session_id: str) -> int:
+    """The session id itself when it is a UUID (UUIDv7 by default), else a hash of it."""
+    digits = session_id.replace("-", "")
+    if len(digits) == 32:
+        try:
+            n = int(digits, 16)
+        except ValueError:
+            pass
+        else:
+            if n:
+                return n
+    return _hash_id(f"session/{session_id}", 16)
+
+
+def _span_int(span_id: str) -> int:
+    if len(span_id) == 16:
+        try:
+            n = int(span_id, 16)
+        except ValueError:
+            pass
+        else:
+            if n:
+                return n
+    return _hash_id(f"span/{span_id}", 8)
+
+
+def _to_ns(timestamp: str) -> int:
+    dt = datetime.fromisoformat(timestamp)
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=timezone.utc)
+    delta = dt - _EPOCH
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000_000 + delta.microseconds * 1_000
+
+
+def _duration_ns(p: Mapping[str, Any]) -> int:
+    d = p.get("duration_ms")
+    return int(d * 1_000_000) if isinstance(d, (int, float)) and d > 0 else 0
+
+
+def _json(value: Any) -> str:
+    return orjson.dumps(value, option=orjson.OPT_SORT_KEYS).decode()
+
+
+def _attr_value(value: Any) -> Any:
+    """Scalars as themselves, anything else as JSON text (attributes are flat)."""
+    if isinstance(value, (str, bool, int, float)):
+        return value
+    return _json(value)
+
+
+# --- the OpenTelemetry SDK side -----------------------------------------------
+
+
+def _sdk() -> Any:
+    try:
+        from opentelemetry.sdk import trace as sdk_trace
+    except ImportError as exc:
+        raise ImportError(
+            f"OpenTelemetry export needs the SDK: pip install 'agent-trace[otel]' ({exc})"
+        ) from exc
+    return sdk_trace
+
+
+class OTelExporter:
+    """Sends recorded events to OpenTelemetry as spans.
+
+    Give it a ``span_exporter`` (any SDK ``SpanExporter``, e.g.
+    ``OTLPSpanExporter``; wrapped in a ``BatchSpanProcessor`` unless
+    ``batch=False``) or a ``tracer_provider`` (an SDK ``TracerProvider``: its
+    span processors get the spans, so the pipeline you configured applies).
+    With neither, the global tracer provider is used.
+
+    Call it with each written batch of events (``exporter(events)``): the
+    recorder does so as an extra sink, and a call or session split across
+    batches is finished when its last event arrives. Call ``shutdown()`` at
+    the end (it ends spans left open and flushes).
+    """
+
+    def __init__(
+        self,
+        span_exporter: Any = None,
+        *,
+        tracer_provider: Any = None,
+        capture_content: bool = False,
+        agent_name: str | None = None,
+        service_name: str = "agent_trace",
+        batch: bool = True,
+    ) -> None:
+        sdk_trace = _sdk()
+        from opentelemetry.sdk.resources import Resource
+        from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
+        from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+
+        if span_exporter is not None:
+            self._processor = (BatchSpanProcessor if batch else SimpleSpanProcessor)(span_exporter)
+            self._owns_processor = True
+            self._resource = Resource.create({"service.name": service_name})
+        else:
+            if tracer_provider is None:
+                from opentelemetry import trace
+
+                tracer_provider = trace.get_tracer_provider()
+            if not isinstance(tracer_provider, sdk_trace.TracerProvider):
+                raise TypeError(
+                    "OTelExporter needs a span_exporter or an SDK TracerProvider "
+                    f"(opentelemetry.sdk.trace.TracerProvider), got {tracer_provider!r}"
+                )
+            # The provider's own processor chain (what add_span_processor built).
+            self._processor = tracer_provider._active_span_processor
+            self._owns_processor = False
+            self._resource = tracer_provider.resource
+        self._scope = InstrumentationScope(_SCOPE, __version__)
+        self._builder = _SpanBuilder(capture_content=capture_content, agent_name=agent_name)
+        self._lock = threading.Lock()
+        self.exported = 0
+        self.failures = 0
+
+    def __call__(self, events: Sequence[AgentEvent]) -> int:
+        """The sink form of :meth:`export`: logs a failure instead of raising it."""
+        try:
+            return self.export(events)
+        except Exception as exc:
+            self.failures += 1
+            log.warning("agent_trace: OpenTelemetry export failed: %s: %s", type(exc).__name__, exc)
+            return 0
+
+    def export(self, events: Sequence[AgentEvent]) -> int:
+        """Export the spans these events finish; return how many."""
+        with self._lock:
+            records = self._builder.feed(events)
+        return self._emit(records)
+
+    def finish(self, session_id: str | None = None) -> int:
+        """End and export spans still open (of one session, or all)."""
+        with self._lock:
+            records = self._builder.finish_open(session_id)
+        return self._emit(records)
+
+    def force_flush(self, timeout_millis: int = 30_000) -> bool:
+        """Wait until exported spans have left the processor."""
+        return self._processor.force_flush(timeout_millis)
+
+    def shutdown(self) -> None:
+        """Finish open spans, flush, and shut the processor down if this exporter made it."""
+        self.finish()
+        self.force_flush()
+        if self._owns_processor:
+            self._processor.shutdown()
+
+    def _emit(self, records: list[SpanRecord]) -> int:
+        for record in records:
+            self._processor.on_end(self._readable(record))
+        self.exported += len(records)
+        return len(records)
+
+    def _readable(self, r: SpanRecord) -> Any:
+        from opentelemetry.sdk.trace import Event, ReadableSpan
+        from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags
+
+        flags = TraceFlags(TraceFlags.SAMPLED)
+        context = SpanContext(r.trace_id, r.span_id, is_remote=False, trace_flags=flags)
+        parent = (
+            SpanContext(r.trace_id, r.parent_span_id, is_remote=False, trace_flags=flags)
+            if r.parent_span_id is not None
+            else None
+        )
+        status = Status(StatusCode.ERROR, r.error) if r.failed else Status(StatusCode.UNSET)
+        return ReadableSpan(
+            name=r.name,
+            context=context,
+            parent=parent,
+            resource=self._resource,
+            attributes=r.attributes,
+            events=[Event(name, attrs, ts) for name, ts, attrs in r.events],
+            kind=SpanKind.CLIENT if r.kind == "client" else SpanKind.INTERNAL,
+            status=status,
+            start_time=r.start_ns,
+            end_time=r.end_ns,
+            instrumentation_scope=self._scope,
+        )
+
+
+async def export_session(
+    session_id: str,
+    store: EventStore | str | None = None,
+    *,
+    span_exporter: Any = None,
+    tracer_provider: Any = None,
+    capture_content: bool = False,
+    agent_name: str | None = None,
+    service_name: str = "agent_trace",
+) -> int:
+    """Export one recorded session's spans (read from ``store`` or the configured one).
+
+    Synchronous from the caller's view: returns once the spans have been
+    handed to the exporter (flushed). Returns the number of spans.
+    """
+    from agent_trace.reading import get_events
+
+    events = await get_events(session_id, store=store)
+    exporter = OTelExporter(
+        span_exporter,
+        tracer_provider=tracer_provider,
+        capture_content=capture_content,
+        agent_name=agent_name,
+        service_name=service_name,
+        batch=False,
+    )
+    n = exporter.export(events) + exporter.finish()
+    exporter.force_flush()
+    if exporter._owns_processor:
+        exporter._processor.shutdown()
+    return n
+
+
+# --- OTLP/JSON (no OpenTelemetry package needed) --------------------------------
+
+
+def _any_value(value: Any) -> dict[str, Any]:
+    if isinstance(value, bool):
+        return {"boolValue": value}
+    if isinstance(value, int):
+        return {"intValue": str(value)}
+    if isinstance(value, float):
+        return {"doubleValue": value}
+    if isinstance(value, (list, tuple)):
+        return {"arrayValue": {"values": [_any_value(v) for v in value]}}
+    return {"stringValue": str(value)}
+
+
+def _key_values(attrs: Mapping[str, Any]) -> list[dict[str, Any]]:
+    return [{"key": k, "value": _any_value(v)} for k, v in attrs.items()]
+
+
+def spans_to_otlp_json(
+    spans: Sequence[SpanRecord], *, service_name: str = "agent_trace"
+) -> dict[str, Any]:
+    """An OTLP/JSON ``ExportTraceServiceRequest`` (what ``POST /v1/traces`` accepts)."""
+    out = []
+    for s in spans:
+        span: dict[str, Any] = {
+            "traceId": f"{s.trace_id:032x}",
+            "spanId": f"{s.span_id:016x}",
+            "name": s.name,
+            "kind": 3 if s.kind == "client" else 1,  # SPAN_KIND_CLIENT / SPAN_KIND_INTERNAL
+            "startTimeUnixNano": str(s.start_ns),
+            "endTimeUnixNano": str(s.end_ns),
+            "attributes": _key_values(s.attributes),
+            "events": [
+                {"timeUnixNano": str(ts), "name": name, "attributes": _key_values(attrs)}
+                for name, ts, attrs in s.events
+            ],
+            "status": {"code": 2, "message": s.error or ""} if s.failed else {"code": 0},
+        }
+        if s.parent_span_id is not None:
+            span["parentSpanId"] = f"{s.parent_span_id:016x}"
+        out.append(span)
+    return {
+        "resourceSpans": [
+            {
+                "resource": {"attributes": _key_values({"service.name": service_name})},
+                "scopeSpans": [{"scope": {"name": _SCOPE, "version": __version__}, "spans": out}],
+            }
+        ]
+    }
+
+
+def session_to_otlp_json(
+    events: Iterable[AgentEvent],
+    *,
+    capture_content: bool = False,
+    agent_name: str | None = None,
+    service_name: str = "agent_trace",
+) -> dict[str, Any]:
+    """A session's events as OTLP/JSON (``agent-trace export ID --format otlp-json``)."""
+    spans = build_spans(events, capture_content=capture_content, agent_name=agent_name)
+    return spans_to_otlp_json(spans, service_name=service_name)
+
+
+async def export_session_otlp_json(
+    session_id: str,
+    store: EventStore | str | None = None,
+    **options: Any,
+) -> dict[str, Any]:
+    """:func:`session_to_otlp_json` of a stored session."""
+    from agent_trace.reading import get_events
+
+    return session_to_otlp_json(await get_events(session_id, store=store), **options)

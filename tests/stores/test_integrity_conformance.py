@@ -1,0 +1,126 @@
+"""Integrity and schema evolution on every store (SPEC 8): raw reads, upcasting, verification.
+
+Runs once per backend in ``conftest.STORE_KINDS``: a new store is only done
+when stored bytes survive upcasting untouched and the chain verifies.
+"""
+
+from __future__ import annotations
+
+import pytest
+from store_helpers import make_event
+
+from agent_trace.events import GENESIS_HASH
+from agent_trace.integrity import SessionHead, session_head, verify_session, verify_store
+from agent_trace.upcasting import clear_upcasters, register_upcaster
+
+
+@pytest.fixture(autouse=True)
+def _no_upcasters():
+    clear_upcasters()
+    yield
+    clear_upcasters()
+
+
+def _v1_to_v2(p):
+    # v2 renamed "amount" to "total_cents"
+    return {"total_cents": p["amount"] * 100, "currency": p.get("currency", "EUR")}
+
+
+def _v2_to_v3(p):
+    # v3 nests money in an object
+    return {"total": {"cents": p["total_cents"], "currency": p["currency"]}}
+
+
+async def _write_orders(store, sid="orders"):
+    await store.append(
+        [
+            make_event(sid, "order_placed", {"amount": 3}, schema_version=1),
+            make_event(
+                sid, "order_placed", {"total_cents": 500, "currency": "USD"}, schema_version=2
+            ),
+            make_event(
+                sid, "order_placed", {"total": {"cents": 7, "currency": "GBP"}}, schema_version=3
+            ),
+            make_event(sid, "note", {"text": "untouched"}),
+        ]
+    )
+
+
+async def test_upcasters_chain_on_get_events_and_read_all(store):
+    await _write_orders(store)
+    register_upcaster("order_placed", 1, _v1_to_v2)
+    register_upcaster("order_placed", 2, _v2_to_v3)
+    expected = [
+        {"total": {"cents": 300, "currency": "EUR"}},
+        {"total": {"cents": 500, "currency": "USD"}},
+        {"total": {"cents": 7, "currency": "GBP"}},
+    ]
+    for events in (await store.get_events("orders"), await store.read_all()):
+        orders = [e for e in events if e.event_type == "order_placed"]
+        assert [e.payload for e in orders] == expected
+        assert {e.schema_version for e in orders} == {3}
+        assert events[-1].payload == {"text": "untouched"} and events[-1].schema_version == 1
+    filtered = await store.get_events("orders", event_types=["order_placed"], after_version=1)
+    assert [e.payload for e in filtered] == expected[1:]
+
+
+async def test_raw_reads_return_the_stored_form(store):
+    await _write_orders(store)
+    register_upcaster("order_placed", 1, _v1_to_v2)
+    register_upcaster("order_placed", 2, _v2_to_v3)
+    raw = await store.get_events("orders", raw=True)
+    assert raw[0].payload == {"amount": 3} and raw[0].schema_version == 1
+    assert raw[1].payload == {"total_cents": 500, "currency": "USD"}
+    assert [e.payload for e in await store.read_all(raw=True)] == [e.payload for e in raw]
+
+
+async def test_upcasted_events_keep_their_stored_hashes_and_the_chain_verifies(store):
+    await _write_orders(store)
+    before = await store.get_events("orders")
+    register_upcaster("order_placed", 1, _v1_to_v2)
+    register_upcaster("order_placed", 2, _v2_to_v3)
+    after = await store.get_events("orders")
+    assert [e.hash for e in after] == [e.hash for e in before]
+    assert [e.prev_hash for e in after] == [e.prev_hash for e in before]
+    result = await verify_session("orders", store)
+    assert result.ok and result.events_checked == 4, result
+
+
+async def test_no_complete_path_reads_as_stored(store):
+    await _write_orders(store)
+    register_upcaster("order_placed", 2, _v2_to_v3)  # no v1 -> v2
+    events = await store.get_events("orders")
+    assert events[0].payload == {"amount": 3} and events[0].schema_version == 1
+    assert events[1].schema_version == 3
+    # an event newer than every registered upcaster reads as stored too
+    await store.append([make_event("orders", "order_placed", {"future": 1}, schema_version=9)])
+    assert (await store.get_events("orders"))[-1].payload == {"future": 1}
+
+
+async def test_session_head_anchors_the_chain(store):
+    sid = "anchored"
+    assert await session_head(sid, store) == SessionHead(sid, 0, GENESIS_HASH)
+    await store.append([make_event(sid, payload={"i": i}) for i in range(5)])
+    head = await session_head(sid, store)
+    stored = await store.get_events(sid)
+    assert (head.version, head.hash) == (5, stored[-1].hash)
+    await store.append([make_event(sid, payload={"i": 5})])
+    # appending after the anchor is fine; the anchored version still matches
+    assert (await verify_session(sid, store, expected_head=head)).ok
+    assert (await verify_session(sid, store, expected_head=(head.version, head.hash))).ok
+    forged = SessionHead(sid, 3, "f" * 64)
+    result = await verify_session(sid, store, expected_head=forged)
+    assert not result.ok and result.first_bad_version == 3 and "rewritten" in result.reason
+    future = SessionHead(sid, 9, "a" * 64)
+    result = await verify_session(sid, store, expected_head=future.to_dict())
+    assert not result.ok and result.first_bad_version == 7 and "truncated" in result.reason
+
+
+async def test_verify_store_checks_every_session(store):
+    for sid in ("a", "b", "c"):
+        await store.append([make_event(sid, payload={"i": i}) for i in range(3)])
+    result = await verify_store(store)
+    assert result.ok and result.sessions_checked == 3 and result.events_checked == 9
+    missing = await verify_store(store, expected_heads={"gone": (2, "0" * 64)})
+    assert not missing.ok
+    assert [f.session_id for f in missing.failures] == ["gone"]

@@ -1,0 +1,376 @@
+"""OpenTelemetry export: GenAI span mapping, live and after the fact, OTLP/HTTP and OTLP/JSON."""
+
+from __future__ import annotations
+
+import base64
+import http.server
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import orjson
+import pytest
+
+pytest.importorskip("opentelemetry.sdk")
+
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import (
+    InMemorySpanExporter,
+)
+from opentelemetry.trace import SpanKind, StatusCode
+
+import agent_trace as at
+from agent_trace.otel import (
+    OTelExporter,
+    build_spans,
+    export_session,
+    export_session_otlp_json,
+    session_to_otlp_json,
+)
+
+
+class ToolBroke(Exception):
+    pass
+
+
+@at.record_tool
+def search(query: str) -> list[str]:
+    return [f"result for {query}"]
+
+
+@at.record_tool(name="fetch")
+def fetch_page(url: str) -> str:
+    raise ToolBroke(f"cannot fetch {url}")
+
+
+@at.record_llm(model="gpt-4o")
+def chat(prompt: str) -> dict:
+    search("nested inside the LLM call")
+    return {
+        "id": "chatcmpl-1",
+        "model": "gpt-4o-2024-08-06",
+        "choices": [{"message": {"content": "hello"}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 11, "completion_tokens": 7, "total_tokens": 18},
+    }
+
+
+@at.record_decision
+def route(question: str) -> str:
+    return "search"
+
+
+def record_one_session(session_id: str | None = None) -> str:
+    with at.session(session_id, agent="researcher", user="u1") as s:
+        at.emit("user_message_received", {"message": "hi"})
+        route("what is otel?")
+        search("otel")
+        with pytest.raises(ToolBroke):
+            fetch_page("http://example.invalid")
+        chat("say hello")
+    at.flush_sync(timeout=10)
+    return s.id
+
+
+def by_name(spans) -> dict:
+    return {s.name: s for s in spans}
+
+
+async def test_a_recorded_session_maps_to_genai_spans(memory_store) -> None:
+    sid = record_one_session()
+    exporter = InMemorySpanExporter()
+    assert await export_session(sid, store=memory_store, span_exporter=exporter) == 6
+    spans = exporter.get_finished_spans()
+    names = sorted(s.name for s in spans)
+    assert names == sorted(
+        [
+            "invoke_agent researcher",
+            "decision route",
+            "execute_tool search",
+            "execute_tool fetch",
+            "chat gpt-4o",
+            "execute_tool search",
+        ]
+    )
+    root = next(s for s in spans if s.name.startswith("invoke_agent"))
+    assert root.parent is None
+    assert root.attributes["gen_ai.operation.name"] == "invoke_agent"
+    assert root.attributes["gen_ai.conversation.id"] == sid
+    assert root.attributes["gen_ai.agent.name"] == "researcher"
+    assert root.attributes["agent_trace.session.user"] == "u1"
+    # One trace per session, the trace id being the session's UUID.
+    assert {s.context.trace_id for s in spans} == {int(sid.replace("-", ""), 16)}
+    # The emitted event is a span event on the session span.
+    assert [e.name for e in root.events] == ["user_message_received"]
+
+    events = await at.get_events(sid, store=memory_store)
+    started = next(e for e in events if e.event_type == "session_started")
+    ended = next(e for e in events if e.event_type == "session_ended")
+    assert root.start_time == _ns(started.timestamp) and root.end_time == _ns(ended.timestamp)
+
+    calls = [s for s in spans if s is not root]
+    llm = next(s for s in calls if s.name == "chat gpt-4o")
+    nested = next(s for s in calls if s.name == "execute_tool search" and s.parent != root.context)
+    top_search = next(s for s in calls if s.name == "execute_tool search" and s is not nested)
+    assert top_search.parent.span_id == root.context.span_id
+    assert nested.parent.span_id == llm.context.span_id  # parent/child from span ids
+    assert llm.kind == SpanKind.CLIENT
+    assert llm.attributes["gen_ai.operation.name"] == "chat"
+    assert llm.attributes["gen_ai.request.model"] == "gpt-4o"
+    assert llm.attributes["gen_ai.response.model"] == "gpt-4o-2024-08-06"
+    assert llm.attributes["gen_ai.usage.input_tokens"] == 11
+    assert llm.attributes["gen_ai.usage.output_tokens"] == 7
+    assert tuple(llm.attributes["gen_ai.response.finish_reasons"]) == ("stop",)
+    assert llm.start_time <= nested.start_time <= nested.end_time <= llm.end_time
+
+    tool = top_search
+    assert tool.attributes["gen_ai.operation.name"] == "execute_tool"
+    assert tool.attributes["gen_ai.tool.name"] == "search"
+    assert tool.attributes["gen_ai.tool.call.id"] == f"{tool.context.span_id:016x}"
+    assert tool.status.status_code == StatusCode.UNSET
+    # Content is opt-in.
+    assert "gen_ai.tool.call.arguments" not in tool.attributes
+    assert "gen_ai.input.messages" not in llm.attributes
+
+    failed = by_name(calls)["execute_tool fetch"]
+    assert failed.status.status_code == StatusCode.ERROR
+    assert failed.attributes["error.type"] == "ToolBroke"
+    assert "cannot fetch" in failed.status.description
+
+    decision = by_name(calls)["decision route"]
+    assert decision.attributes["agent_trace.decision.choice"] == "search"
+    assert decision.parent.span_id == root.context.span_id
+    assert decision.start_time <= decision.end_time
+
+
+async def test_capture_content_adds_arguments_and_results(memory_store) -> None:
+    sid = record_one_session()
+    exporter = InMemorySpanExporter()
+    await export_session(sid, store=memory_store, span_exporter=exporter, capture_content=True)
+    spans = by_name(exporter.get_finished_spans())
+    tool = spans["execute_tool fetch"]
+    assert orjson.loads(tool.attributes["gen_ai.tool.call.arguments"]) == {
+        "url": "http://example.invalid"
+    }
+    llm = spans["chat gpt-4o"]
+    assert orjson.loads(llm.attributes["gen_ai.input.messages"]) == {"prompt": "say hello"}
+    assert "hello" in llm.attributes["gen_ai.output.messages"]
+
+
+async def test_live_batches_give_the_same_spans_as_after_the_fact(memory_store) -> None:
+    sid = record_one_session()
+    events = await at.get_events(sid, store=memory_store)
+    whole = build_spans(events)
+
+    live = InMemorySpanExporter()
+    exporter = OTelExporter(live, batch=False)
+    for i in range(0, len(events), 3):  # batches that split calls and the session
+        exporter(events[i : i + 3])
+    exporter.shutdown()
+    got = live.get_finished_spans()
+    assert len(got) == len(whole) == 6
+    assert sorted(
+        (s.name, s.context.span_id, s.parent and s.parent.span_id) for s in got
+    ) == sorted((r.name, r.span_id, r.parent_span_id) for r in whole)
+    # Exporting again yields the same ids: spans are derived from the events.
+    again = build_spans(events)
+    assert [(r.trace_id, r.span_id) for r in again] == [(r.trace_id, r.span_id) for r in whole]
+
+
+async def test_through_a_tracer_provider_pipeline(memory_store) -> None:
+    sid = record_one_session("session-not-a-uuid")
+    sink = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(sink))
+    assert await export_session(sid, store=memory_store, tracer_provider=provider) == 6
+    spans = sink.get_finished_spans()
+    assert len({s.context.trace_id for s in spans}) == 1
+    assert all(s.resource is provider.resource for s in spans)
+    assert all(s.instrumentation_scope.name == "agent_trace" for s in spans)
+
+
+async def test_an_unfinished_call_is_ended_and_marked(memory_store) -> None:
+    sid = record_one_session()
+    events = await at.get_events(sid, store=memory_store)
+    cut = [e for e in events if e.event_type not in ("tool_executed", "session_ended")]
+    spans = build_spans(cut)
+    assert [s.attributes.get("agent_trace.incomplete") for s in spans].count(True) == 3
+
+
+async def test_the_recorder_can_feed_the_exporter_as_a_sink(memory_store) -> None:
+    # Until the recorder has a sink hook, feed it what the store received.
+    live = InMemorySpanExporter()
+    exporter = OTelExporter(live, batch=False)
+    sid = record_one_session()
+    for ev in await at.get_events(sid, store=memory_store):
+        exporter([ev])
+    exporter.force_flush()
+    assert len(live.get_finished_spans()) == 6
+    assert exporter.exported == 6
+
+
+def test_otel_is_imported_lazily(subprocess_env: dict[str, str]) -> None:
+    code = (
+        "import sys, agent_trace, agent_trace.otel as o\n"
+        "o.session_to_otlp_json([])\n"
+        "assert not [m for m in sys.modules if m.startswith('opentelemetry')]\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], env=subprocess_env, capture_output=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr.decode()
+
+
+@pytest.fixture
+def subprocess_env() -> dict[str, str]:
+    import os
+
+    root = str(Path(__file__).resolve().parents[1])
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+    return env
+
+
+# --- OTLP on the wire -------------------------------------------------------------
+
+
+class _Receiver(http.server.BaseHTTPRequestHandler):
+    bodies: list[tuple[str, str, bytes]]
+
+    def do_POST(self) -> None:
+        length = int(self.headers.get("Content-Length", 0))
+        self.bodies.append((self.path, self.headers.get("Content-Type"), self.rfile.read(length)))
+        self.send_response(200)
+        self.send_header("Content-Type", "application/x-protobuf")
+        self.end_headers()
+        self.wfile.write(b"")
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+@pytest.fixture
+def receiver():
+    bodies: list[tuple[str, str, bytes]] = []
+    handler = type("Handler", (_Receiver,), {"bodies": bodies})
+    server = http.server.HTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}", bodies
+    server.shutdown()
+    server.server_close()
+
+
+def _decoded_spans(request) -> dict:
+    spans = {}
+    for rs in request.resource_spans:
+        for ss in rs.scope_spans:
+            assert ss.scope.name == "agent_trace"
+            for span in ss.spans:
+                spans.setdefault(span.name, []).append(span)
+    return spans
+
+
+def _attrs(span) -> dict:
+    out = {}
+    for kv in span.attributes:
+        v = kv.value
+        kind = v.WhichOneof("value")
+        if kind == "array_value":
+            out[kv.key] = [getattr(x, x.WhichOneof("value")) for x in v.array_value.values]
+        else:
+            out[kv.key] = getattr(v, kind)
+    return out
+
+
+async def test_otlp_http_export_to_a_local_receiver(memory_store, receiver) -> None:
+    pytest.importorskip("opentelemetry.exporter.otlp.proto.http")
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+    url, bodies = receiver
+    sid = record_one_session()
+    otlp = OTLPSpanExporter(endpoint=f"{url}/v1/traces")
+    assert await export_session(sid, store=memory_store, span_exporter=otlp) == 6
+
+    assert bodies and all(path == "/v1/traces" for path, _, _ in bodies)
+    assert all(ctype == "application/x-protobuf" for _, ctype, _ in bodies)
+    request = ExportTraceServiceRequest()
+    for _, _, body in bodies:
+        part = ExportTraceServiceRequest()
+        part.ParseFromString(body)
+        request.resource_spans.extend(part.resource_spans)
+    spans = _decoded_spans(request)
+    [root] = spans["invoke_agent researcher"]
+    [llm] = spans["chat gpt-4o"]
+    [fetch] = spans["execute_tool fetch"]
+    assert root.parent_span_id == b""
+    assert _attrs(root)["gen_ai.conversation.id"] == sid
+    assert root.trace_id == bytes.fromhex(sid.replace("-", ""))
+    assert _attrs(llm)["gen_ai.usage.input_tokens"] == 11
+    assert _attrs(llm)["gen_ai.request.model"] == "gpt-4o"
+    assert _attrs(fetch)["error.type"] == "ToolBroke"
+    assert fetch.status.code == 2  # STATUS_CODE_ERROR
+    searches = spans["execute_tool search"]
+    assert sorted(s.parent_span_id for s in searches) == sorted([root.span_id, llm.span_id])
+    assert fetch.parent_span_id == root.span_id
+    assert {s.trace_id for group in spans.values() for s in group} == {root.trace_id}
+
+
+async def test_otlp_json_matches_the_protobuf_schema(memory_store) -> None:
+    from google.protobuf import json_format
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+    sid = record_one_session()
+    doc = await export_session_otlp_json(sid, store=memory_store, service_name="my-agent")
+    assert doc == session_to_otlp_json(
+        await at.get_events(sid, store=memory_store), service_name="my-agent"
+    )
+    text = orjson.dumps(doc).decode()
+    # OTLP/JSON writes ids as hex; the generic protobuf JSON mapping wants base64.
+    for span in doc["resourceSpans"][0]["scopeSpans"][0]["spans"]:
+        for key in ("traceId", "spanId", "parentSpanId"):
+            if key in span:
+                span[key] = base64.b64encode(bytes.fromhex(span[key])).decode()
+    request = json_format.Parse(orjson.dumps(doc), ExportTraceServiceRequest())
+    spans = _decoded_spans(request)
+    assert set(spans) == {
+        "invoke_agent researcher",
+        "decision route",
+        "execute_tool search",
+        "execute_tool fetch",
+        "chat gpt-4o",
+    }
+    [llm] = spans["chat gpt-4o"]
+    assert llm.kind == 3  # SPAN_KIND_CLIENT
+    assert _attrs(llm)["gen_ai.response.finish_reasons"] == ["stop"]
+    [root] = spans["invoke_agent researcher"]
+    assert root.trace_id.hex() == sid.replace("-", "")
+    assert _attrs(request.resource_spans[0].resource)["service.name"] == "my-agent"
+    assert f'"traceId":"{sid.replace("-", "")}"' in text
+
+
+def _ns(timestamp: str) -> int:
+    from agent_trace.otel import _to_ns
+
+    return _to_ns(timestamp)
+
+
+def test_the_sink_form_never_raises(caplog: pytest.LogCaptureFixture) -> None:
+    class Broken(InMemorySpanExporter):
+        def export(self, spans):
+            raise RuntimeError("collector down")
+
+    from agent_trace.events import AgentEvent
+
+    exporter = OTelExporter(Broken(), batch=False)
+    started = AgentEvent("e1", "s", "session_started", "2030-01-01T00:00:00.000000+00:00")
+    ended = AgentEvent(
+        "e2", "s", "session_ended", "2030-01-01T00:00:01.000000+00:00", {"status": "ok"}
+    )
+    exporter([started, ended])  # SimpleSpanProcessor logs the exporter's error itself
+    exporter._processor = None  # and a failure inside the exporter is logged, not raised
+    assert exporter([started, ended]) == 0
+    assert exporter.failures == 1
+    assert "OpenTelemetry export failed" in caplog.text
