@@ -9,6 +9,7 @@ import, so a test or a script can set it late.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields, replace
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -16,6 +17,7 @@ from agent_trace.capture import DEFAULT_REDACT_KEYS, CaptureOptions
 from agent_trace.spill import DEFAULT_SPILL_PATH
 
 if TYPE_CHECKING:
+    from agent_trace.events import AgentEvent
     from agent_trace.stores.base import EventStore
 
 __all__ = ["DEFAULT_STORE_URL", "Settings", "configure", "get_settings"]
@@ -48,6 +50,9 @@ class Settings:
     spill_after: float = 5.0
     #: Flush on SIGTERM (only if the program has no SIGTERM handler of its own).
     handle_sigterm: bool = True
+    #: Extra sinks (e.g. ``agent_trace.otel.OTelExporter``): callables given each
+    #: batch of events once the store has made it durable.
+    sinks: tuple[Callable[[list[AgentEvent]], object], ...] = ()
     capture: CaptureOptions = field(default_factory=CaptureOptions, compare=False)
 
     def __post_init__(self) -> None:
@@ -63,6 +68,11 @@ class Settings:
         for name in ("flush_interval", "flush_timeout", "exit_timeout", "spill_after"):
             if float(getattr(self, name)) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
+        sinks = tuple(self.sinks)
+        for sink in sinks:
+            if not callable(sink):
+                raise TypeError(f"each sink must be callable with a list of events, got {sink!r}")
+        object.__setattr__(self, "sinks", sinks)
         keys = frozenset(k.lower() for k in self.redact_keys)
         object.__setattr__(self, "redact_keys", keys)
         object.__setattr__(

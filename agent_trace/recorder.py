@@ -76,6 +76,7 @@ class Recorder:
         self._batches = 0
         self._failures = 0
         self._last_error: str | None = None
+        self._sink_errors = 0
         self._async_waiters: list[_AsyncWaiter] = []
         self._thread: threading.Thread | None = None
         self._stopping = False
@@ -195,6 +196,7 @@ class Recorder:
             "batches": self._batches,
             "store_failures": self._failures,
             "last_error": self._last_error,
+            "sink_errors": self._sink_errors,
         }
 
     # --- store ownership ---------------------------------------------------
@@ -309,6 +311,7 @@ class Recorder:
         if outage:
             log.warning("agent_trace: store is back; %d events written after retry", len(batch))
         self._batches += 1
+        self._feed_sinks(batch)
         with self._changed:
             self._written += len(batch)
             self._changed.notify_all()
@@ -319,6 +322,18 @@ class Recorder:
             # RuntimeError: that loop has closed, so nobody is waiting any more.
             with contextlib.suppress(RuntimeError):
                 w.loop.call_soon_threadsafe(_resolve, w.future)
+
+    def _feed_sinks(self, batch: list[AgentEvent]) -> None:
+        # Before flush() waiters wake, so a flush also means the sinks saw it.
+        for sink in self._settings.sinks:
+            try:
+                sink(batch)
+            except Exception as exc:
+                self._sink_errors += 1
+                if self._sink_errors == 1 or self._sink_errors % 1000 == 0:
+                    log.warning(
+                        "agent_trace: sink %r failed (%s: %s)", sink, type(exc).__name__, exc
+                    )
 
     # --- shutdown ----------------------------------------------------------
 
@@ -339,6 +354,13 @@ class Recorder:
         if self._store is not None and self._owns_store:
             self._close_store(self._store)
             self._store = None
+        for sink in self._settings.sinks:
+            shutdown = getattr(sink, "shutdown", None)
+            if callable(shutdown):
+                try:
+                    shutdown()
+                except Exception as exc:
+                    log.warning("agent_trace: shutting down sink %r failed: %s", sink, exc)
 
     def _close_store(self, store: EventStore) -> None:
         # A thread of its own: the caller may be inside a running event loop.

@@ -417,3 +417,46 @@ def test_exit_flushes_events_from_threads_still_running(tmp_path):
     assert proc.returncode == 0, proc.stderr
     events = at.get_events_sync("exit-worker", store=f"sqlite:///{tmp_path / 'agent_trace.db'}")
     assert len(events) == 102
+
+
+async def test_sinks_see_each_durable_batch_and_failures_are_contained(memory_store):
+    seen: list[str] = []
+
+    def broken_sink(events):
+        raise RuntimeError("sink down")
+
+    at.configure(sinks=[lambda events: seen.extend(e.event_type for e in events), broken_sink])
+    try:
+        async with at.session("r-sinks"):
+            at.emit("tick", {})
+        assert seen == ["session_started", "tick", "session_ended"]  # flush implies sinks ran
+        assert at.stats()["sink_errors"] >= 1
+        assert len(await memory_store.get_events("r-sinks")) == 3
+    finally:
+        at.configure(sinks=())
+
+
+async def test_otel_exporter_as_a_live_sink(memory_store):
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from agent_trace.otel import OTelExporter
+
+    spans = InMemorySpanExporter()
+    at.configure(sinks=[OTelExporter(spans, batch=False)])
+    try:
+
+        @at.record_tool
+        async def search(query):
+            return [query]
+
+        async with at.session("r-otel", agent="researcher"):
+            await search("x")
+    finally:
+        at.configure(sinks=())
+    names = sorted(s.name for s in spans.get_finished_spans())
+    assert names == ["execute_tool search", "invoke_agent researcher"]
+
+
+def test_sinks_must_be_callable():
+    with pytest.raises(TypeError, match="sink must be callable"):
+        at.configure(sinks=["not callable"])
