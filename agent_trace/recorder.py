@@ -77,6 +77,10 @@ class Recorder:
         self._failures = 0
         self._last_error: str | None = None
         self._sink_errors = 0
+        # Held while the store works on an append: os.fork() waits for it, so
+        # a child is never forked while the store holds SQLite's (or a
+        # driver's) internal locks, which would stay locked in the child.
+        self._in_store = threading.Lock()
         self._async_waiters: list[_AsyncWaiter] = []
         self._thread: threading.Thread | None = None
         self._stopping = False
@@ -291,7 +295,8 @@ class Recorder:
         while True:
             store = self.store()
             try:
-                await store.append(batch)
+                with self._in_store:
+                    await store.append(batch)
             except Exception as exc:
                 self._retried += 1
                 self._failures += 1
@@ -443,12 +448,30 @@ def _at_exit() -> None:
         rec.close(rec.settings.exit_timeout)
 
 
+_held_for_fork: Recorder | None = None
+
+
+def _before_fork() -> None:
+    global _held_for_fork
+    rec = _recorder
+    if rec is not None and rec._in_store.acquire(timeout=rec.settings.exit_timeout):
+        _held_for_fork = rec
+
+
+def _after_fork_in_parent() -> None:
+    global _held_for_fork
+    if _held_for_fork is not None:
+        _held_for_fork._in_store.release()
+        _held_for_fork = None
+
+
 def _after_fork_in_child() -> None:
     # The writer thread did not survive the fork, and events queued in the
     # parent belong to the parent: the child starts with a fresh recorder
     # that reopens the store from the same settings.
-    global _recorder, _recorder_lock
+    global _recorder, _recorder_lock, _held_for_fork
     _recorder_lock = threading.Lock()
+    _held_for_fork = None
     old = _recorder
     _recorder = None
     if old is not None:
@@ -472,4 +495,8 @@ _register_before_join = getattr(threading, "_register_atexit", None)
 if _register_before_join is not None:
     _register_before_join(_flush_before_thread_join)
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
+    os.register_at_fork(
+        before=_before_fork,
+        after_in_parent=_after_fork_in_parent,
+        after_in_child=_after_fork_in_child,
+    )
