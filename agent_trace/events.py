@@ -25,6 +25,7 @@ __all__ = [
     "canonical_bytes",
     "canonical_from_fields",
     "compute_hash",
+    "event_from_values",
     "format_timestamp",
     "new_span_id",
     "payload_bytes",
@@ -92,6 +93,58 @@ class AgentEvent:
             prev_hash=d.get("prev_hash", ""),
             hash=d.get("hash", ""),
         )
+
+
+_new = object.__new__
+(
+    _set_event_id,
+    _set_session_id,
+    _set_event_type,
+    _set_timestamp,
+    _set_payload,
+    _set_version,
+    _set_position,
+    _set_span_id,
+    _set_parent_span_id,
+    _set_schema_version,
+    _set_prev_hash,
+    _set_hash,
+) = (AgentEvent.__dict__[name].__set__ for name in AgentEvent.__dataclass_fields__)
+
+
+def event_from_values(
+    event_id: str,
+    session_id: str,
+    event_type: str,
+    timestamp: str,
+    payload: dict[str, Any],
+    version: int,
+    position: int,
+    span_id: str | None,
+    parent_span_id: str | None,
+    schema_version: int,
+    prev_hash: str,
+    hash: str,
+) -> AgentEvent:
+    """``AgentEvent(...)`` with every field given, for the read and write hot paths.
+
+    Sets the slots directly: half the cost of the frozen dataclass ``__init__``
+    (which goes through ``object.__setattr__`` by name), same resulting object.
+    """
+    ev = _new(AgentEvent)
+    _set_event_id(ev, event_id)
+    _set_session_id(ev, session_id)
+    _set_event_type(ev, event_type)
+    _set_timestamp(ev, timestamp)
+    _set_payload(ev, payload)
+    _set_version(ev, version)
+    _set_position(ev, position)
+    _set_span_id(ev, span_id)
+    _set_parent_span_id(ev, parent_span_id)
+    _set_schema_version(ev, schema_version)
+    _set_prev_hash(ev, prev_hash)
+    _set_hash(ev, hash)
+    return ev
 
 
 # --- hash chain (SPEC 8) ---------------------------------------------------
@@ -234,7 +287,7 @@ def format_timestamp(unix_ns: int) -> str:
         # within one second, so the prefix is computed once per second.
         prefix = datetime.fromtimestamp(sec, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
         _ts_cache = (sec, prefix)
-    return f"{prefix}.{rem // 1000:06d}+00:00"
+    return "%s.%06d+00:00" % (prefix, rem // 1000)  # noqa: UP031 - faster than an f-string
 
 
 # --- validation --------------------------------------------------------------

@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from agent_trace.config import Settings, get_settings
-from agent_trace.events import AgentEvent, format_timestamp, uuid7_many
+from agent_trace.events import AgentEvent, event_from_values, format_timestamp, uuid7_many
 
 if TYPE_CHECKING:
     from agent_trace.stores.base import EventStore
@@ -387,15 +387,19 @@ def _resolve(fut: asyncio.Future[None]) -> None:
 
 def _seal(item: Pending, event_id: str) -> AgentEvent:
     ns, session_id, event_type, payload_json, span_id, parent, schema_version = item
-    return AgentEvent(
-        event_id=event_id,
-        session_id=session_id,
-        event_type=event_type,
-        timestamp=format_timestamp(ns),
-        payload=orjson.loads(payload_json),
-        span_id=span_id,
-        parent_span_id=parent,
-        schema_version=schema_version,
+    return event_from_values(
+        event_id,
+        session_id,
+        event_type,
+        format_timestamp(ns),
+        orjson.loads(payload_json),
+        0,
+        0,
+        span_id,
+        parent,
+        schema_version,
+        "",
+        "",
     )
 
 

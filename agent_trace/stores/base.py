@@ -30,7 +30,12 @@ from typing import Any, Protocol, runtime_checkable
 import orjson
 
 from agent_trace import upcasting
-from agent_trace.events import GENESIS_HASH, AgentEvent, canonical_from_fields
+from agent_trace.events import (
+    GENESIS_HASH,
+    AgentEvent,
+    canonical_from_fields,
+    event_from_values,
+)
 
 __all__ = ["EventStore", "SessionInfo", "StoreError", "assign_chain", "mask_url"]
 
@@ -212,7 +217,7 @@ def seal_rows(
 
 def event_from_row(row: Sequence[Any], raw: bool = False) -> AgentEvent:
     """The event a row holds, its payload freshly decoded and upcast (unless ``raw``)."""
-    ev = AgentEvent(
+    ev = event_from_values(
         row[0],
         row[1],
         row[2],
