@@ -24,7 +24,7 @@ PRELUDE = textwrap.dedent(
     """
     import os, signal, sys, time
     import agent_trace as at
-    at.configure(store={url!r}, flush_on_session_end=False)
+    at.configure(store={url!r}, flush_on_session_end=False{options})
     with at.session("exit-test"):
         for i in range({n}):
             at.emit("tick", {{"i": i}})
@@ -32,10 +32,14 @@ PRELUDE = textwrap.dedent(
 )
 
 
-def _run(tmp_path: Path, ending: str, *, before: str = "", stdin_wait: bool = False):
+def _run(
+    tmp_path: Path, ending: str, *, before: str = "", stdin_wait: bool = False, options: str = ""
+):
     url = f"sqlite:///{tmp_path / 'events.db'}"
     script = tmp_path / "child.py"
-    script.write_text(before + PRELUDE.format(url=url, n=N) + textwrap.dedent(ending))
+    script.write_text(
+        before + PRELUDE.format(url=url, n=N, options=options) + textwrap.dedent(ending)
+    )
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen(
         [sys.executable, str(script)],
@@ -115,3 +119,17 @@ def test_a_users_own_sigterm_handler_is_left_alone(tmp_path):
     )
     assert code == 7 and "user handler" in out, (code, out, err)
     _assert_all_there(events)  # sys.exit from the user's handler: the exit hook flushes
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX signals")
+def test_handle_sigterm_false_keeps_the_default_action(tmp_path):
+    code, _, err, _events = _run(
+        tmp_path,
+        """
+        print("emitted", flush=True)
+        time.sleep(60)
+        """,
+        stdin_wait=True,
+        options=", handle_sigterm=False",
+    )
+    assert code == -signal.SIGTERM, (code, err)
