@@ -12,10 +12,15 @@ durable: the writer advances its ``written`` count and wakes every
 ``flush()`` waiting for a count at or below it. When ``append`` raises, the
 writer keeps the same sealed batch (same event ids, so a retry after a
 half-done append duplicates nothing) and retries with capped exponential
-backoff while new events queue behind it. The deque is bounded by
+backoff while new events queue behind it. If the store stays down for
+``spill_after`` seconds, batches go to the local spill file (``spill_path``,
+fsynced, see ``agent_trace.spill``) and count as handled, so flushes return
+and the agent keeps running; the next append that reaches the store first
+re-appends the spill, so each session keeps its order. The deque is bounded by
 ``max_buffer``: a full buffer makes emitters wait for room, never drop.
 Before the interpreter joins its threads, an exit hook flushes and closes
-the store.
+the store; SIGTERM, unless the program handles it itself, exits through
+``SystemExit`` so that hook runs too.
 
 Never raises into agent code on the emit path; failures are logged once per
 outage and counted in ``stats()``.
@@ -28,6 +33,7 @@ import atexit
 import contextlib
 import logging
 import os
+import signal
 import threading
 import time
 from collections import deque
@@ -38,6 +44,7 @@ import orjson
 
 from agent_trace.config import Settings, get_settings
 from agent_trace.events import AgentEvent, event_from_values, format_timestamp, uuid7_many
+from agent_trace.spill import SpillFile
 
 if TYPE_CHECKING:
     from agent_trace.stores.base import EventStore
@@ -50,6 +57,7 @@ log = logging.getLogger("agent_trace")
 Pending = tuple[int, str, str, bytes, "str | None", "str | None", int]
 
 _MAX_BACKOFF = 2.0
+_FIRST_BACKOFF = 0.05
 _now = time.time_ns
 _COMPACT_AFTER = 2048
 
@@ -76,6 +84,12 @@ class Recorder:
         self._batches = 0
         self._failures = 0
         self._last_error: str | None = None
+        self._outage_since: float | None = None  # monotonic start of the current outage
+        self._spilled = 0  # events ever written to the spill file
+        self._spill_pending = 0  # of those, not yet re-appended to the store
+        self._next_probe = 0.0  # while spilling: when to try the store again
+        self._probe_delay = _FIRST_BACKOFF
+        self._spill_file: SpillFile | None = None  # kept: it remembers a drain's progress
         self._sink_errors = 0
         # Held while the store works on an append: os.fork() waits for it, so
         # a child is never forked while the store holds SQLite's (or a
@@ -193,10 +207,11 @@ class Recorder:
         """Counters since the process started."""
         return {
             "emitted": self._enqueued,
-            "written": self._written,
+            "written": self._written - self._spill_pending,
             "buffered": self._enqueued - self._written,
             "retried": self._retried,
-            "spilled": 0,
+            "spilled": self._spilled,
+            "spill_pending": self._spill_pending,
             "batches": self._batches,
             "store_failures": self._failures,
             "last_error": self._last_error,
@@ -231,6 +246,15 @@ class Recorder:
             old, old_owned = self._store, self._owns_store
             self._store, self._owns_store = new_store, owns
             self._adopt(settings)
+            if self._spill_pending:
+                # Those events belong to the old store: not re-appended to the new one.
+                log.warning(
+                    "agent_trace: the store changed with %d events still in the spill file "
+                    "%s; re-append them to the old store with agent_trace.ingest()",
+                    self._spill_pending,
+                    self._settings.spill_path,
+                )
+                self._spill_pending = 0
         if old is not None and old_owned:
             self._close_store(old)
 
@@ -243,6 +267,8 @@ class Recorder:
     # --- writer thread -----------------------------------------------------
 
     def _start(self) -> None:
+        if self._settings.handle_sigterm:
+            _install_sigterm_handler()
         with self._switch_lock:
             if self._thread is not None:
                 return
@@ -264,6 +290,10 @@ class Recorder:
                     if in_flight is not None:
                         loop.run_until_complete(in_flight)
                         in_flight = None
+                        continue
+                    if self._spill_pending and time.monotonic() >= self._next_probe:
+                        # Idle with events in the spill: re-append them once the store is back.
+                        loop.run_until_complete(self._write([]))
                         continue
                     if self._stopping:
                         return
@@ -290,31 +320,48 @@ class Recorder:
         return [_seal(item, event_id) for item, event_id in zip(items, ids, strict=True)]
 
     async def _write(self, batch: list[AgentEvent]) -> None:
-        delay = 0.05
-        outage = False
+        delay = _FIRST_BACKOFF
         while True:
-            store = self.store()
+            if self._spill_pending and time.monotonic() < self._next_probe and self._spill(batch):
+                break  # the store failed a moment ago: do not wait on it for every batch
             try:
+                store = self.store()
                 with self._in_store:
+                    if self._spill_pending:
+                        await self._drain_spill(store)  # earlier batches first: order holds
                     await store.append(batch)
             except Exception as exc:
                 self._retried += 1
                 self._failures += 1
                 self._last_error = f"{type(exc).__name__}: {exc}"
-                if not outage:
-                    outage = True
+                now = time.monotonic()
+                self._next_probe = now + self._probe_delay
+                self._probe_delay = min(self._probe_delay * 2, _MAX_BACKOFF)
+                if self._outage_since is None:
+                    self._outage_since = now
                     log.warning(
                         "agent_trace: store append failed (%s); %d events kept in memory "
-                        "and retried with backoff",
+                        "and retried with backoff%s",
                         self._last_error,
                         len(batch) + len(self.queue),
+                        f", spilled to {self._settings.spill_path} after "
+                        f"{self._settings.spill_after:g}s"
+                        if self._settings.spill_path
+                        else "",
                     )
+                spill_due = now - self._outage_since >= self._settings.spill_after
+                if (self._spill_pending or spill_due) and self._spill(batch):
+                    break
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, _MAX_BACKOFF)
                 continue
+            self._probe_delay = _FIRST_BACKOFF
+            if self._outage_since is not None:
+                self._outage_since = None
+                log.warning("agent_trace: store is back; %d events written after retry", len(batch))
             break
-        if outage:
-            log.warning("agent_trace: store is back; %d events written after retry", len(batch))
+        if not batch:
+            return
         self._batches += 1
         self._feed_sinks(batch)
         with self._changed:
@@ -339,6 +386,51 @@ class Recorder:
                     log.warning(
                         "agent_trace: sink %r failed (%s: %s)", sink, type(exc).__name__, exc
                     )
+
+    def _spill(self, batch: list[AgentEvent]) -> bool:
+        """Write ``batch`` to the spill file; False if there is none or it failed too."""
+        spill = self._spill_target()
+        if spill is None:
+            return False
+        if not batch:
+            return True  # an idle probe of the store: nothing to keep
+        path = spill.path
+        try:
+            spill.write(batch)
+        except OSError as exc:
+            log.error("agent_trace: cannot spill to %s (%s); events stay in memory", path, exc)
+            return False
+        if not self._spill_pending:
+            log.warning("agent_trace: store still down; spilling batches to %s", path)
+        self._spilled += len(batch)
+        self._spill_pending += len(batch)
+        return True
+
+    def _spill_target(self) -> SpillFile | None:
+        path = self._settings.spill_path
+        if path is None:
+            return None
+        if self._spill_file is None or self._spill_file.path != path:
+            self._spill_file = SpillFile(path)
+        return self._spill_file
+
+    async def _drain_spill(self, store: EventStore) -> None:
+        spill = self._spill_target()
+        if spill is None:
+            self._spill_pending = 0
+            return
+        path = spill.path
+        try:
+            n = await spill.drain(store, self._settings.batch_size)
+        except ValueError as exc:  # a line that is not an event: leave the file to a human
+            log.error(
+                "agent_trace: not re-appending spill %s (%s); fix it and run agent_trace.ingest()",
+                path,
+                exc,
+            )
+        else:
+            log.warning("agent_trace: re-appended %d spilled events from %s", n, path)
+        self._spill_pending = 0
 
     # --- shutdown ----------------------------------------------------------
 
@@ -378,6 +470,35 @@ class Recorder:
         closer = threading.Thread(target=close, name="agent_trace-close")
         closer.start()
         closer.join(self._settings.exit_timeout or None)
+
+
+_sigterm_installed = False
+
+
+def _install_sigterm_handler() -> None:
+    """Make SIGTERM exit through the normal exit path (which flushes).
+
+    Only from the main thread, and only if the program has not set a SIGTERM
+    handler of its own (or chosen to ignore it): theirs is left alone.
+    """
+    global _sigterm_installed
+    if _sigterm_installed or threading.current_thread() is not threading.main_thread():
+        return
+    _sigterm_installed = True
+    sig = getattr(signal, "SIGTERM", None)
+    try:
+        if sig is not None and signal.getsignal(sig) == signal.SIG_DFL:
+            signal.signal(sig, _on_sigterm)
+    except (ValueError, OSError):  # not the main interpreter, or signals unsupported
+        pass
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    # What the default action does (exit, status 128 + 15), but as SystemExit, so
+    # finally blocks and session exits run and the exit hook flushes. A second
+    # SIGTERM while that flush is slow kills at once, as the default would.
+    signal.signal(signum, signal.SIG_DFL)
+    raise SystemExit(128 + signum)
 
 
 def _resolve(fut: asyncio.Future[None]) -> None:

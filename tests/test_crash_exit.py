@@ -82,7 +82,6 @@ def test_unhandled_exception_flushes(tmp_path):
     _assert_all_there(events)
 
 
-@pytest.mark.xfail(reason="TEMP: SIGTERM handler not installed yet", strict=False)
 @pytest.mark.skipif(not hasattr(signal, "SIGTERM") or os.name != "posix", reason="POSIX signals")
 def test_sigterm_flushes(tmp_path):
     code, _, err, events = _run(
