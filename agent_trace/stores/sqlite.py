@@ -441,7 +441,7 @@ def _read_all(
     rows = db.execute(
         f"SELECT {_COLUMNS} FROM events WHERE position > ? ORDER BY position LIMIT ?",
         (after_position, -1 if limit is None else limit),
-    ).fetchall()
+    )
     return [event_from_row(r, raw) for r in rows]
 
 
