@@ -199,10 +199,6 @@ class Recorder:
                     self._async_waiters.remove(waiter)
         return True
 
-    def pending_target(self) -> int:
-        """How many events have been handed over so far."""
-        return self._enqueued
-
     def stats(self) -> dict[str, Any]:
         """Counters since the process started."""
         return {

@@ -197,3 +197,12 @@ async def test_bad_values_through_a_recorded_tool_never_raise(memory_store):
     assert args["floats"] == ["NaN", "Infinity"]
     assert args["data"] == {"$bytes": 10}
     assert "lock" in events[2].payload["result"]["lock"]
+
+
+def test_to_jsonable_is_the_slow_path_copy():
+    from agent_trace.capture import to_jsonable
+
+    cyclic: dict = {"k": b"xy"}
+    cyclic["me"] = cyclic
+    assert to_jsonable(cyclic) == {"k": {"$bytes": 2}, "me": "<cycle: dict>"}
+    assert orjson.loads(capture(cyclic)) == to_jsonable(cyclic)
