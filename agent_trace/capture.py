@@ -52,7 +52,10 @@ DEFAULT_REDACT_KEYS = frozenset(
 )
 REDACTED = "[REDACTED]"
 
-_OPTS = orjson.OPT_SORT_KEYS
+# Dataclasses go through _default as dicts: orjson writes their fields in
+# declaration order even with OPT_SORT_KEYS, and captured bytes must already be
+# canonical (stores hash and keep them as they are).
+_OPTS = orjson.OPT_SORT_KEYS | orjson.OPT_PASSTHROUGH_DATACLASS
 _NATIVE = (str, int, float, bool, type(None), datetime, date, time, UUID)
 
 
@@ -114,6 +117,8 @@ def _slow(value: Any, options: CaptureOptions) -> bytes:
 
 def _default(obj: Any) -> Any:
     """orjson's hook for types it does not know."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: getattr(obj, f.name, None) for f in dataclasses.fields(obj)}
     if isinstance(obj, (set, frozenset)):
         return _sorted_list(obj)
     if isinstance(obj, (bytes, bytearray, memoryview)):

@@ -40,11 +40,10 @@ from collections import deque
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import orjson
-
 from agent_trace.config import Settings, get_settings
-from agent_trace.events import AgentEvent, event_from_values, format_timestamp, uuid7_many
+from agent_trace.events import AgentEvent, format_timestamp, uuid7_many
 from agent_trace.spill import SpillFile
+from agent_trace.stores.base import Captured, events_from_captured
 
 if TYPE_CHECKING:
     from agent_trace.stores.base import EventStore
@@ -289,7 +288,7 @@ class Recorder:
                         continue
                     if self._spill_pending and time.monotonic() >= self._next_probe:
                         # Idle with events in the spill: re-append them once the store is back.
-                        loop.run_until_complete(self._write([]))
+                        loop.run_until_complete(self._write(_Batch([])))
                         continue
                     if self._stopping:
                         return
@@ -305,7 +304,7 @@ class Recorder:
                 loop.run_until_complete(in_flight)
             loop.close()
 
-    def _take_batch(self) -> list[AgentEvent]:
+    def _take_batch(self) -> _Batch:
         q = self.queue
         n = min(len(q), self._settings.batch_size)
         popleft = q.popleft
@@ -313,19 +312,34 @@ class Recorder:
         with self._changed:
             self._changed.notify_all()  # room for emitters waiting on a full buffer
         ids = uuid7_many([item[0] for item in items])
-        return [_seal(item, event_id) for item, event_id in zip(items, ids, strict=True)]
+        return _Batch(
+            [
+                (event_id, sid, etype, format_timestamp(ns), pj, span, parent, sv)
+                for (ns, sid, etype, pj, span, parent, sv), event_id in zip(items, ids, strict=True)
+            ]
+        )
 
-    async def _write(self, batch: list[AgentEvent]) -> None:
+    async def _write(self, batch: _Batch) -> None:
         delay = _FIRST_BACKOFF
         while True:
-            if self._spill_pending and time.monotonic() < self._next_probe and self._spill(batch):
+            if (
+                self._spill_pending
+                and time.monotonic() < self._next_probe
+                and self._spill(batch.events)
+            ):
                 break  # the store failed a moment ago: do not wait on it for every batch
             try:
                 store = self.store()
                 with self._in_store:
                     if self._spill_pending:
                         await self._drain_spill(store)  # earlier batches first: order holds
-                    await store.append(batch)
+                    # Our stores take the captured payload bytes as they are;
+                    # any other store gets AgentEvents through the protocol.
+                    append_captured = getattr(store, "append_captured", None)
+                    if append_captured is not None:
+                        await append_captured(batch.items)
+                    else:
+                        await store.append(batch.events)
             except Exception as exc:
                 self._retried += 1
                 self._failures += 1
@@ -346,7 +360,7 @@ class Recorder:
                         else "",
                     )
                 spill_due = now - self._outage_since >= self._settings.spill_after
-                if (self._spill_pending or spill_due) and self._spill(batch):
+                if (self._spill_pending or spill_due) and self._spill(batch.events):
                     break
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, _MAX_BACKOFF)
@@ -359,7 +373,8 @@ class Recorder:
         if not batch:
             return
         self._batches += 1
-        self._feed_sinks(batch)
+        if self._settings.sinks:
+            self._feed_sinks(batch.events)
         with self._changed:
             self._written += len(batch)
             self._changed.notify_all()
@@ -502,22 +517,24 @@ def _resolve(fut: asyncio.Future[None]) -> None:
         fut.set_result(None)
 
 
-def _seal(item: Pending, event_id: str) -> AgentEvent:
-    ns, session_id, event_type, payload_json, span_id, parent, schema_version = item
-    return event_from_values(
-        event_id,
-        session_id,
-        event_type,
-        format_timestamp(ns),
-        orjson.loads(payload_json),
-        0,
-        0,
-        span_id,
-        parent,
-        schema_version,
-        "",
-        "",
-    )
+class _Batch:
+    """Events taken off the queue together: captured tuples (with id and
+    timestamp), and the same as ``AgentEvent``s, built only if asked for."""
+
+    __slots__ = ("_events", "items")
+
+    def __init__(self, items: list[Captured]) -> None:
+        self.items = items
+        self._events: list[AgentEvent] | None = None
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    @property
+    def events(self) -> list[AgentEvent]:
+        if self._events is None:
+            self._events = events_from_captured(self.items)
+        return self._events
 
 
 def _open(store: Any) -> tuple[EventStore, bool]:

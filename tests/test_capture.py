@@ -206,3 +206,22 @@ def test_to_jsonable_is_the_slow_path_copy():
     cyclic["me"] = cyclic
     assert to_jsonable(cyclic) == {"k": {"$bytes": 2}, "me": "<cycle: dict>"}
     assert orjson.loads(capture(cyclic)) == to_jsonable(cyclic)
+
+
+@dataclasses.dataclass
+class _Unsorted:
+    zebra: int
+    apple: dict
+
+
+def test_captured_bytes_are_canonical():
+    # Stores hash and keep captured bytes as they are, so they must equal the
+    # canonical form (sorted keys at every level, dataclasses included).
+    values = [
+        {"b": 1, "a": [_Unsorted(1, {"y": 2, "x": 1})]},
+        _Unsorted(2, {"k": {"d": 1, "c": Point(1, 2.0)}}),
+        {"t": (3, {"z": 0, "a": 1}), "s": {2, 1}},
+    ]
+    for value in values:
+        out = capture(value)
+        assert out == orjson.dumps(orjson.loads(out), option=orjson.OPT_SORT_KEYS)

@@ -158,6 +158,54 @@ def mask_url(url: str) -> str:
 #    position, span_id, parent_span_id, schema_version, prev_hash, hash)
 
 
+# A *captured* event is what the recorder hands to a store that offers
+# ``append_captured``: an 8-tuple whose payload is already canonical JSON bytes
+# (sorted keys, as ``capture`` writes it), so no JSON is parsed or rewritten:
+#   (event_id, session_id, event_type, timestamp, payload_json, span_id,
+#    parent_span_id, schema_version)
+Captured = tuple[str, str, str, str, bytes, "str | None", "str | None", int]
+
+
+def captured_from_events(events: Iterable[AgentEvent]) -> list[Captured]:
+    """Events as captured tuples (their payload serialized canonically)."""
+    dumps, sort_keys = orjson.dumps, orjson.OPT_SORT_KEYS
+    return [
+        (
+            ev.event_id,
+            ev.session_id,
+            ev.event_type,
+            ev.timestamp,
+            dumps(ev.payload, option=sort_keys),
+            ev.span_id,
+            ev.parent_span_id,
+            ev.schema_version,
+        )
+        for ev in events
+    ]
+
+
+def events_from_captured(items: Iterable[Captured]) -> list[AgentEvent]:
+    """Captured tuples as unsealed events (version, position and hashes not yet set)."""
+    loads = orjson.loads
+    return [
+        event_from_values(eid, sid, etype, ts, loads(pj), 0, 0, span, parent, sv, "", "")
+        for eid, sid, etype, ts, pj, span, parent, sv in items
+    ]
+
+
+def unique_captured(items: Iterable[Captured], stored: Container[str]) -> list[Captured]:
+    """``items`` without those whose id is in ``stored`` or repeats earlier in the batch."""
+    seen: set[str] = set()
+    out = []
+    for item in items:
+        eid = item[0]
+        if eid in stored or eid in seen:
+            continue
+        seen.add(eid)
+        out.append(item)
+    return out
+
+
 def seal_rows(
     events: Iterable[AgentEvent],
     heads: dict[str, tuple[int, str]],
@@ -167,49 +215,30 @@ def seal_rows(
 
     ``heads`` maps session id -> (last version, last hash) as stored now and is
     updated in place. Rows are in column order (see ``event_from_row``); the
-    payload is its canonical JSON text, exactly the bytes the hash covers. The
-    stores' hot path, so it builds no intermediate ``AgentEvent``.
+    payload is its canonical JSON text, exactly the bytes the hash covers.
     """
-    dumps, sha256 = orjson.dumps, hashlib.sha256
-    sort_keys = orjson.OPT_SORT_KEYS
+    return seal_captured(captured_from_events(events), heads, first_position)
+
+
+def seal_captured(
+    items: Iterable[Captured],
+    heads: dict[str, tuple[int, str]],
+    first_position: int,
+) -> list[tuple[Any, ...]]:
+    """:func:`seal_rows` for captured tuples: the stores' hot path, no JSON work."""
+    sha256 = hashlib.sha256
     get_head = heads.get
     genesis = (0, GENESIS_HASH)
     rows = []
     position = first_position
-    for ev in events:
-        sid = ev.session_id
+    for eid, sid, etype, ts, pj, span, parent, sv in items:
         version, prev = get_head(sid, genesis)
         version += 1
-        pj = dumps(ev.payload, option=sort_keys)
-        canonical = canonical_from_fields(
-            ev.event_id,
-            ev.event_type,
-            ev.parent_span_id,
-            pj,
-            prev,
-            ev.schema_version,
-            sid,
-            ev.span_id,
-            ev.timestamp,
-            version,
-        )
+        canonical = canonical_from_fields(eid, etype, parent, pj, prev, sv, sid, span, ts, version)
         digest = sha256(prev.encode() + canonical).hexdigest()
         heads[sid] = (version, digest)
         rows.append(
-            (
-                ev.event_id,
-                sid,
-                ev.event_type,
-                ev.timestamp,
-                pj.decode(),
-                version,
-                position,
-                ev.span_id,
-                ev.parent_span_id,
-                ev.schema_version,
-                prev,
-                digest,
-            )
+            (eid, sid, etype, ts, pj.decode(), version, position, span, parent, sv, prev, digest)
         )
         position += 1
     return rows

@@ -34,16 +34,18 @@ import orjson
 
 from agent_trace.events import AgentEvent
 from agent_trace.stores.base import (
+    Captured,
     SessionInfo,
     StoreError,
+    captured_from_events,
     check_limit,
     check_projection_name,
     event_from_row,
     event_types_filter,
     projection_conflict,
-    seal_rows,
+    seal_captured,
     session_metadata,
-    unique_new_events,
+    unique_captured,
 )
 
 __all__ = ["SQLiteStore"]
@@ -166,7 +168,13 @@ class SQLiteStore:
         """Durably append in one transaction; skip known event ids; return the count."""
         if not events:
             return 0
-        return await self._run(_append, list(events))
+        return await self._run(_append, captured_from_events(events))
+
+    async def append_captured(self, items: Sequence[Captured]) -> int:
+        """:meth:`append` for the recorder's captured tuples (no JSON round trip)."""
+        if not items:
+            return 0
+        return await self._run(_append, list(items))
 
     async def get_events(
         self,
@@ -368,18 +376,18 @@ def _placeholders(n: int) -> str:
     return ",".join("?" * n)
 
 
-def _append(db: sqlite3.Connection, events: list[AgentEvent]) -> int:
-    ids = [ev.event_id for ev in events]
+def _append(db: sqlite3.Connection, items: list[Captured]) -> int:
+    ids = [item[0] for item in items]
     if len(set(ids)) != len(ids):
-        events = unique_new_events(events, ())
-        ids = [ev.event_id for ev in events]
+        items = unique_captured(items, ())
+        ids = [item[0] for item in items]
     db.execute("BEGIN IMMEDIATE")
     try:
         # Fresh UUIDv7 ids sort after every stored one, and then none can be
         # stored: one index lookup instead of one per event. (Python and SQLite
         # order strings alike: by code point, i.e. by UTF-8 bytes.)
         (max_stored,) = db.execute("SELECT MAX(event_id) FROM events").fetchone()
-        new = events
+        new = items
         if max_stored is not None and min(ids) <= max_stored:
             stored: set[str] = set()
             for i in range(0, len(ids), _CHUNK):
@@ -387,11 +395,11 @@ def _append(db: sqlite3.Connection, events: list[AgentEvent]) -> int:
                 sql = f"SELECT event_id FROM events WHERE event_id IN ({_placeholders(len(chunk))})"
                 stored.update(row[0] for row in db.execute(sql, chunk))
             if stored:
-                new = [ev for ev in events if ev.event_id not in stored]
+                new = [item for item in items if item[0] not in stored]
         if not new:
             db.execute("ROLLBACK")
             return 0
-        sessions = list(dict.fromkeys(ev.session_id for ev in new))
+        sessions = list(dict.fromkeys(item[1] for item in new))
         heads: dict[str, tuple[int, str]] = {}
         for i in range(0, len(sessions), _CHUNK):
             chunk = sessions[i : i + _CHUNK]
@@ -399,7 +407,7 @@ def _append(db: sqlite3.Connection, events: list[AgentEvent]) -> int:
             for sid, version, digest in db.execute(sql, chunk):
                 heads[sid] = (version, digest)
         (last_position,) = db.execute("SELECT MAX(position) FROM events").fetchone()
-        _insert(db, seal_rows(new, heads, (last_position or 0) + 1))
+        _insert(db, seal_captured(new, heads, (last_position or 0) + 1))
         db.execute("COMMIT")
     except BaseException:
         if db.in_transaction:
