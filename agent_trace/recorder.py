@@ -333,9 +333,7 @@ class Recorder:
                 with self._in_store:
                     if self._spill_pending:
                         await self._drain_spill(store)  # earlier batches first: order holds
-                    # Our stores take the captured payload bytes as they are;
-                    # any other store gets AgentEvents through the protocol.
-                    append_captured = getattr(store, "append_captured", None)
+                    append_captured = _captured_appender(store)
                     if append_captured is not None:
                         await append_captured(batch.items)
                     else:
@@ -515,6 +513,25 @@ def _on_sigterm(signum: int, frame: Any) -> None:
 def _resolve(fut: asyncio.Future[None]) -> None:
     if not fut.done():
         fut.set_result(None)
+
+
+def _captured_appender(store: EventStore) -> Any:
+    """The store's ``append_captured`` if it may stand in for ``append``.
+
+    Our stores take the captured payload bytes as they are (no JSON round
+    trip, no event objects). A subclass that overrides ``append`` (to wrap,
+    filter or inject faults) keeps getting ``append``, with AgentEvents.
+    """
+    cls = type(store)
+    cached = _appender_cache.get(cls)
+    if cached is None:
+        owner = next((c for c in cls.__mro__ if "append_captured" in c.__dict__), None)
+        cached = owner is not None and getattr(cls, "append", None) is owner.__dict__.get("append")
+        _appender_cache[cls] = cached
+    return store.append_captured if cached else None  # type: ignore[attr-defined]
+
+
+_appender_cache: dict[type, bool] = {}
 
 
 class _Batch:

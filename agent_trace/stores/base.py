@@ -265,19 +265,6 @@ def event_from_row(row: Sequence[Any], raw: bool = False) -> AgentEvent:
     return upcasting.upcast(ev)
 
 
-def unique_new_events(events: Iterable[AgentEvent], stored: Container[str]) -> list[AgentEvent]:
-    """``events`` without those whose id is in ``stored`` or repeats earlier in the batch."""
-    seen: set[str] = set()
-    out: list[AgentEvent] = []
-    for ev in events:
-        eid = ev.event_id
-        if eid in seen or eid in stored:
-            continue
-        seen.add(eid)
-        out.append(ev)
-    return out
-
-
 def event_types_filter(event_types: Iterable[str] | None) -> frozenset[str] | None:
     """``None`` (no filter) or the set of wanted types; an empty set matches nothing."""
     if event_types is None:
@@ -321,18 +308,18 @@ class EventIndex:
         # session id -> [started_at, last_activity, first_position, metadata JSON or None]
         self._sessions: dict[str, list[Any]] = {}
 
-    def seal(self, events: Sequence[AgentEvent]) -> list[tuple[Any, ...]]:
+    def seal(self, items: Sequence[Captured]) -> list[tuple[Any, ...]]:
         """Rows for the batch's new events, following the index; the index is unchanged."""
-        new = unique_new_events(events, self.ids)
+        new = unique_captured(items, self.ids)
         if not new:
             return []
         # A copy of the touched heads: if sealing fails half way, nothing moved.
         heads = {}
-        for ev in new:
-            sid = ev.session_id
+        for item in new:
+            sid = item[1]
             if sid not in heads and sid in self.heads:
                 heads[sid] = self.heads[sid]
-        return seal_rows(new, heads, self.last_position + 1)
+        return seal_captured(new, heads, self.last_position + 1)
 
     def add(self, row: Sequence[Any], payload: Any = None) -> None:
         """Index one stored row (``payload``: its decoded payload, if at hand).

@@ -34,9 +34,11 @@ import orjson
 from agent_trace import upcasting
 from agent_trace.events import AgentEvent
 from agent_trace.stores.base import (
+    Captured,
     EventIndex,
     SessionInfo,
     StoreError,
+    captured_from_events,
     check_limit,
     check_projection_name,
     event_types_filter,
@@ -79,7 +81,13 @@ class JSONLStore:
         """Durably append (fsync); skip known event ids; return the count."""
         if not events:
             return 0
-        return await asyncio.to_thread(self._append, list(events))
+        return await asyncio.to_thread(self._append, captured_from_events(events))
+
+    async def append_captured(self, items: Sequence[Captured]) -> int:
+        """:meth:`append` for the recorder's captured tuples (no JSON round trip)."""
+        if not items:
+            return 0
+        return await asyncio.to_thread(self._append, list(items))
 
     async def get_events(
         self,
@@ -175,10 +183,10 @@ class JSONLStore:
 
     # --- blocking work (worker thread) -----------------------------------------
 
-    def _append(self, events: list[AgentEvent]) -> int:
+    def _append(self, items: list[Captured]) -> int:
         with self._lock, self._locked(exclusive=True) as fd:
             self._catch_up(fd, repair=True)
-            rows = self._index.seal(events)
+            rows = self._index.seal(items)
             if not rows:
                 return 0
             lines = [_line(row) for row in rows]

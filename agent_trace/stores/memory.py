@@ -17,8 +17,10 @@ from typing import Any
 
 from agent_trace.events import AgentEvent
 from agent_trace.stores.base import (
+    Captured,
     EventIndex,
     SessionInfo,
+    captured_from_events,
     check_limit,
     check_projection_name,
     event_from_row,
@@ -44,8 +46,12 @@ class MemoryStore:
 
     async def append(self, events: Sequence[AgentEvent]) -> int:
         """Assign versions, positions and hashes; skip known event ids; return the count."""
+        return await self.append_captured(captured_from_events(events))
+
+    async def append_captured(self, items: Sequence[Captured]) -> int:
+        """:meth:`append` for the recorder's captured tuples (no JSON round trip)."""
         with self._lock:
-            rows = self._index.seal(events)
+            rows = self._index.seal(items)
             for row in rows:
                 self._index.add(row)
             self._rows.extend(rows)

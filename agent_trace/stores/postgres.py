@@ -53,17 +53,19 @@ import orjson
 
 from agent_trace.events import AgentEvent
 from agent_trace.stores.base import (
+    Captured,
     SessionInfo,
     StoreError,
+    captured_from_events,
     check_limit,
     check_projection_name,
     event_from_row,
     event_types_filter,
     mask_url,
     projection_conflict,
-    seal_rows,
+    seal_captured,
     session_metadata,
-    unique_new_events,
+    unique_captured,
 )
 
 __all__ = ["PostgresStore"]
@@ -236,7 +238,13 @@ ORDER BY g.started_at DESC, g.first_position DESC
         """Durably append in one transaction; skip known event ids; return the count."""
         if not events:
             return 0
-        return await self._run(self._append, unique_new_events(events, ()))
+        return await self.append_captured(captured_from_events(events))
+
+    async def append_captured(self, items: Sequence[Captured]) -> int:
+        """:meth:`append` for the recorder's captured tuples (no JSON round trip)."""
+        if not items:
+            return 0
+        return await self._run(self._append, unique_captured(items, ()))
 
     async def get_events(
         self,
@@ -438,9 +446,9 @@ ORDER BY g.started_at DESC, g.first_position DESC
 
     # --- operations: each runs whole on the store's loop -----------------------
 
-    async def _append(self, pool: asyncpg.Pool, events: list[AgentEvent]) -> int:
-        ids = [ev.event_id for ev in events]
-        sessions = list(dict.fromkeys(ev.session_id for ev in events))
+    async def _append(self, pool: asyncpg.Pool, items: list[Captured]) -> int:
+        ids = [item[0] for item in items]
+        sessions = list(dict.fromkeys(item[1] for item in items))
         async with _connection(pool) as conn:
             try:
                 # BEGIN, the append lock and the listeners' wake-up in one round trip.
@@ -455,11 +463,11 @@ ORDER BY g.started_at DESC, g.first_position DESC
                         heads[key] = (number, digest)
                     else:
                         last_position = number
-                new = [ev for ev in events if ev.event_id not in stored] if stored else events
+                new = [item for item in items if item[0] not in stored] if stored else items
                 if not new:
                     await conn.execute("ROLLBACK")
                     return 0
-                rows = seal_rows(new, heads, last_position + 1)
+                rows = seal_captured(new, heads, last_position + 1)
                 # COPY: one round trip like a multi-row INSERT, and the cheapest
                 # for the server (the benchmark's baseline is plain COPY).
                 await conn.copy_records_to_table(

@@ -14,9 +14,11 @@ from agent_trace.stores.base import (
     EventIndex,
     StoreError,
     assign_chain,
+    captured_from_events,
     event_from_row,
+    events_from_captured,
     seal_rows,
-    unique_new_events,
+    unique_captured,
 )
 
 _json = st.recursive(
@@ -67,24 +69,28 @@ def test_seal_rows_matches_assign_chain_and_compute_hash(events, first_position)
 
 def test_seal_rows_leaves_the_callers_heads_alone_on_failure() -> None:
     index = EventIndex()
-    for row in index.seal([make_event("s")]):
+    for row in index.seal(captured_from_events([make_event("s")])):
         index.add(row)
     heads_before = dict(index.heads)
-    with pytest.raises(TypeError):
-        index.seal([make_event("s"), make_event("s", payload={"bad": object()})])
+    good, bad = captured_from_events([make_event("s"), make_event("s")])
+    bad = (*bad[:4], b"\xff not utf-8", *bad[5:])
+    with pytest.raises(UnicodeDecodeError):
+        index.seal([good, bad])
     assert index.heads == heads_before
 
 
-def test_unique_new_events_keeps_the_first_of_each_id() -> None:
-    a, b = make_event("s"), make_event("s")
+def test_captured_tuples_round_trip_and_dedupe() -> None:
+    a, b = make_event("s", payload={"z": 1, "a": [1, 2]}), make_event("s")
     a2 = make_event("s", payload={"other": 1}, event_id=a.event_id)
-    assert unique_new_events([a, b, a2, b], ()) == [a, b]
-    assert unique_new_events([a, b, a2], {b.event_id}) == [a]
+    items = captured_from_events([a, b, a2, b])
+    assert events_from_captured(items[:2]) == [a, b]
+    assert unique_captured(items, ()) == items[:2]
+    assert unique_captured(items[:3], {b.event_id}) == items[:1]
 
 
 def test_index_refuses_a_row_that_does_not_follow() -> None:
     index = EventIndex()
-    rows = index.seal([make_event("s"), make_event("s"), make_event("s")])
+    rows = index.seal(captured_from_events([make_event("s"), make_event("s"), make_event("s")]))
     index.add(rows[0])
     with pytest.raises(StoreError, match="does not follow"):
         index.add(rows[2])  # a gap
