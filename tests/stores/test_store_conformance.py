@@ -527,3 +527,25 @@ def test_open_store_urls_of_each_kind_reach_the_same_data(persistent_kind, tmp_p
         await via_url.close()
 
     asyncio.run(run())
+
+
+async def test_append_captured_matches_append(store: EventStore) -> None:
+    """The recorder's fast path stores exactly what ``append`` would."""
+    from agent_trace.capture import capture
+    from agent_trace.stores.base import captured_from_events
+
+    append_captured = getattr(store, "append_captured", None)
+    if append_captured is None:
+        pytest.skip(f"{type(store).__name__} has no append_captured (optional)")
+    payload = {"z": [1, {"b": 2, "a": None}], "a": "ü"}
+    first, second = make_event("cap-a", payload=payload), make_event("cap-b", payload=payload)
+    (item,) = captured_from_events([second])
+    assert item[4] == capture(payload)  # the recorder's bytes are the canonical ones
+    assert await store.append([first]) == 1
+    assert await append_captured([item]) == 1
+    assert await append_captured([item]) == 0  # idempotent by event id
+    a = (await store.get_events("cap-a"))[0]
+    b = (await store.get_events("cap-b"))[0]
+    assert b.payload == a.payload == payload
+    assert b.hash == compute_hash(b)
+    assert b.event_id == second.event_id and b.timestamp == second.timestamp
