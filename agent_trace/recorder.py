@@ -273,6 +273,7 @@ class Recorder:
             self._thread.start()
 
     def _run(self) -> None:
+        self._warn_about_leftover_spill()
         loop = asyncio.new_event_loop()
         # At most one append in flight. While the store works on it (in its
         # own thread or server), this thread seals the next batch; that batch
@@ -414,6 +415,24 @@ class Recorder:
         self._spilled += len(batch)
         self._spill_pending += len(batch)
         return True
+
+    def _warn_about_leftover_spill(self) -> None:
+        # A spill written by an earlier process that died before the store came
+        # back. It may belong to another store, so it is not re-appended here.
+        path = self._settings.spill_path
+        try:
+            size = os.path.getsize(path) if path is not None else 0
+        except OSError:
+            return
+        if size:
+            log.warning(
+                "agent_trace: %s holds %d bytes of events spilled by an earlier run; "
+                "re-append them with agent_trace.ingest(%r) or `agent-trace ingest %s`",
+                path,
+                size,
+                path,
+                path,
+            )
 
     def _spill_target(self) -> SpillFile | None:
         path = self._settings.spill_path

@@ -197,3 +197,22 @@ def test_store_down_at_exit_spills_and_ingest_recovers(tmp_path):
     assert at.ingest_sync(spill, url) == 0
     events = at.get_events_sync("exit-down", store=url)
     _assert_complete(events, 500)
+
+
+def test_leftover_spill_is_reported_when_the_writer_starts(tmp_path):
+    spill = tmp_path / "old.spill.jsonl"
+    spill.write_text('{"not": "read here"}\n')
+    script = tmp_path / "s.py"
+    script.write_text(
+        "import logging, agent_trace as at\n"
+        "logging.basicConfig()\n"
+        f"at.configure(store='memory://', spill_path={str(spill)!r})\n"
+        "with at.session('leftover'):\n"
+        "    at.emit('tick', {})\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "spilled by an earlier run" in proc.stderr and str(spill) in proc.stderr
+    assert spill.read_text() == '{"not": "read here"}\n'  # left for ingest, untouched
