@@ -372,7 +372,7 @@ def _statements(script: str) -> list[str]:
 # --- operations: each runs whole on the connection thread ----------------------
 
 
-def _placeholders(n: int) -> str:
+def _qmarks(n: int) -> str:
     return ",".join("?" * n)
 
 
@@ -392,7 +392,7 @@ def _append(db: sqlite3.Connection, items: list[Captured]) -> int:
             stored: set[str] = set()
             for i in range(0, len(ids), _CHUNK):
                 chunk = ids[i : i + _CHUNK]
-                sql = f"SELECT event_id FROM events WHERE event_id IN ({_placeholders(len(chunk))})"
+                sql = f"SELECT event_id FROM events WHERE event_id IN ({_qmarks(len(chunk))})"
                 stored.update(row[0] for row in db.execute(sql, chunk))
             if stored:
                 new = [item for item in items if item[0] not in stored]
@@ -435,7 +435,7 @@ def _get_events(
     sql = f"SELECT {_COLUMNS} FROM events WHERE session_id = ? AND version > ?"
     params: list[Any] = [session_id, after_version]
     if types is not None and len(types) <= _CHUNK:
-        sql += f" AND event_type IN ({_placeholders(len(types))})"
+        sql += f" AND event_type IN ({_qmarks(len(types))})"
         params.extend(types)
     rows = db.execute(sql + " ORDER BY version", params).fetchall()
     if types is not None and len(types) > _CHUNK:
