@@ -5,9 +5,11 @@ tuple — captured payload bytes, a nanosecond timestamp, span ids — appended
 to an in-memory deque under a short lock; that is all they do, no I/O. One
 daemon writer thread, started on first use, owns the store and its own event
 loop. It wakes when the deque turns non-empty (or a flush asks), takes up to
-``batch_size`` events, seals them into ``AgentEvent``s (UUIDv7 id, ISO
-timestamp) and awaits ``store.append(batch)``; the store assigns versions,
-positions and hashes in one transaction. When ``append`` returns, the batch is
+``batch_size`` events, gives each a UUIDv7 id and ISO timestamp, and awaits
+the store's append: ``append_captured`` with the captured payload bytes as
+they are (the built-in stores), else ``append`` with ``AgentEvent``s. The
+store assigns versions, positions and hashes in one transaction; while it
+works, the writer prepares the next batch. When the append returns, the batch is
 durable: the writer advances its ``written`` count and wakes every
 ``flush()`` waiting for a count at or below it. When ``append`` raises, the
 writer keeps the same sealed batch (same event ids, so a retry after a
