@@ -20,9 +20,11 @@ fsynced, see ``agent_trace.spill``) and count as handled, so flushes return
 and the agent keeps running; the next append that reaches the store first
 re-appends the spill, so each session keeps its order. The deque is bounded by
 ``max_buffer``: a full buffer makes emitters wait for room, never drop.
-Before the interpreter joins its threads, an exit hook flushes and closes
-the store; SIGTERM, unless the program handles it itself, exits through
-``SystemExit`` so that hook runs too.
+At exit, one hook flushes before the interpreter joins its threads (all a
+multiprocessing child runs) and an atexit hook flushes what threads emitted
+until their end, then closes the store; SIGTERM, unless the program handles
+it itself, exits through ``SystemExit`` so those hooks run too. ``os.fork``
+waits for an append in flight; the child starts a fresh recorder.
 
 Never raises into agent code on the emit path; failures are logged once per
 outage and counted in ``stats()``.
