@@ -42,6 +42,7 @@ from agent_trace.stores.base import (
     check_projection_name,
     event_from_row,
     event_types_filter,
+    events_from_rows,
     projection_conflict,
     seal_captured,
     session_metadata,
@@ -450,7 +451,7 @@ def _read_all(
         f"SELECT {_COLUMNS} FROM events WHERE position > ? ORDER BY position LIMIT ?",
         (after_position, -1 if limit is None else limit),
     )
-    return [event_from_row(r, raw) for r in rows]
+    return events_from_rows(rows, raw)
 
 
 def _list_sessions(db: sqlite3.Connection, limit: int | None) -> list[SessionInfo]:
