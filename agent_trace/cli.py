@@ -183,50 +183,6 @@ def _when(ts: str | None) -> str:
     return "-" if not ts else ts[:16].replace("T", " ")
 
 
-def describe(ev: AgentEvent) -> str:
-    """The payload bits worth a glance, in one line (for ``tail``)."""
-    p = ev.payload
-    kind = ev.event_type
-    if kind == "session_started":
-        return " ".join(f"{k}={v}" for k, v in (p.get("metadata") or {}).items())
-    if kind == "session_ended":
-        extra = f" error={_short(p.get('error'), 60)}" if p.get("error") else ""
-        return f"status={p.get('status')} duration={_ms(p.get('duration_ms'))}{extra}"
-    if kind in ("tool_started", "llm_started"):
-        args = p.get("args") or {}
-        name = p.get("tool") or p.get("name")
-        model = f" model={p['model']}" if p.get("model") else ""
-        shown = ", ".join(f"{k}={v!r}" for k, v in args.items()) if isinstance(args, dict) else ""
-        return f"{name}({_short(shown, 60)}){model}"
-    if kind == "tool_executed":
-        result = orjson.dumps(p.get("result"), default=str).decode()
-        return f"{p.get('tool')} -> {_short(result, 60)} ({_ms(p.get('duration_ms'))})"
-    if kind.endswith("_failed"):
-        name = p.get("tool") or p.get("name") or p.get("decision")
-        return f"{name} {p.get('error_type')}: {_short(p.get('error'), 60)}"
-    if kind == "llm_responded":
-        usage = p.get("usage") or {}
-        tokens = ""
-        if usage:
-            tokens = f" tokens in={usage.get('input_tokens')} out={usage.get('output_tokens')}"
-        if "chunks" in p:
-            return f"{p.get('name')} streamed {p['chunks']} chunks{tokens}"
-        return f"{p.get('name')}{tokens} ({_ms(p.get('duration_ms'))})"
-    if kind == "decision_made":
-        choice = p.get("choice")
-        if isinstance(choice, dict) and "tool" in choice:
-            choice = choice["tool"]
-        elif isinstance(choice, dict) and choice.get("final"):
-            choice = "final answer"
-        reasoning = f": {_short(p.get('reasoning'), 50)}" if p.get("reasoning") else ""
-        return f"{p.get('decision')} -> {_short(choice, 40)}{reasoning}"
-    if kind == "user_message_received":
-        return repr(_short(p.get("message"), 80))
-    if kind == "response_generated":
-        return f"{_short(p.get('response'), 60)!r} tokens={p.get('tokens_used')}"
-    return _short(orjson.dumps(p, default=str).decode(), 80)
-
-
 def _event_style(event_type: str) -> str | None:
     if event_type.endswith("_failed") or event_type == "error_occurred":
         return "bold red"
@@ -847,6 +803,8 @@ def _print_event(out: Output, ev: AgentEvent) -> None:
         sys.stdout.write(orjson.dumps(ev.to_dict()).decode() + "\n")
         sys.stdout.flush()
         return
+    from agent_trace.replay import describe
+
     sid = _short(ev.session_id, 20)
     text = f"{ev.timestamp[11:26]}  {sid:<20}  {ev.event_type:<22}  {describe(ev)}"
     out.line(text, style=_event_style(ev.event_type))

@@ -74,6 +74,7 @@ __all__ = [
     "Step",
     "Steps",
     "decision_points",
+    "describe",
     "diff_sessions",
     "diff_sessions_sync",
     "iter_steps",
@@ -293,6 +294,11 @@ class Step:
 
     def render(self) -> str:
         return "\n".join(self.lines())
+
+    @property
+    def summary(self) -> str:
+        """The event in one line (see :func:`describe`)."""
+        return describe(self.event)
 
 
 def _steps_of(events: list[AgentEvent]) -> list[Step]:
@@ -1127,6 +1133,63 @@ async def _replay_one(
 
 
 # --- helpers ---------------------------------------------------------------------------
+
+
+def describe(ev: AgentEvent) -> str:
+    """The payload bits of one event worth a glance, in one line (``agent-trace tail``)."""
+    p = ev.payload
+    kind = ev.event_type
+    if kind == "session_started":
+        return " ".join(f"{k}={v}" for k, v in (p.get("metadata") or {}).items())
+    if kind == "session_ended":
+        extra = f" error={_line(p.get('error'), 60)}" if p.get("error") else ""
+        return f"status={p.get('status')} duration={_ms_text(p.get('duration_ms'))}{extra}"
+    if kind in ("tool_started", "llm_started"):
+        args = p.get("args") or {}
+        name = p.get("tool") or p.get("name")
+        model = f" model={p['model']}" if p.get("model") else ""
+        shown = ", ".join(f"{k}={v!r}" for k, v in args.items()) if isinstance(args, dict) else ""
+        return f"{name}({_line(shown, 60)}){model}"
+    if kind == "tool_executed":
+        result = orjson.dumps(p.get("result"), default=str).decode()
+        return f"{p.get('tool')} -> {_line(result, 60)} ({_ms_text(p.get('duration_ms'))})"
+    if kind.endswith("_failed"):
+        name = p.get("tool") or p.get("name") or p.get("decision")
+        return f"{name} {p.get('error_type')}: {_line(p.get('error'), 60)}"
+    if kind == "llm_responded":
+        usage = p.get("usage") or {}
+        tokens = ""
+        if usage:
+            tokens = f" tokens in={usage.get('input_tokens')} out={usage.get('output_tokens')}"
+        if "chunks" in p:
+            return f"{p.get('name')} streamed {p['chunks']} chunks{tokens}"
+        return f"{p.get('name')}{tokens} ({_ms_text(p.get('duration_ms'))})"
+    if kind == "decision_made":
+        choice = p.get("choice")
+        if isinstance(choice, dict) and "tool" in choice:
+            choice = choice["tool"]
+        elif isinstance(choice, dict) and choice.get("final"):
+            choice = "final answer"
+        reasoning = f": {_line(p.get('reasoning'), 50)}" if p.get("reasoning") else ""
+        return f"{p.get('decision')} -> {_line(choice, 40)}{reasoning}"
+    if kind == "user_message_received":
+        return repr(_line(p.get("message"), 80))
+    if kind == "response_generated":
+        return f"{_line(p.get('response'), 60)!r} tokens={p.get('tokens_used')}"
+    return _line(orjson.dumps(p, default=str).decode(), 80)
+
+
+def _line(text: Any, width: int) -> str:
+    text = "" if text is None else str(text).replace("\n", " ")
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _ms_text(value: float | None) -> str:
+    if value is None:
+        return "-"
+    if value >= 1000:
+        return f"{value / 1000:.2f} s"
+    return f"{value:.1f} ms" if value < 10 else f"{value:.0f} ms"
 
 
 def _short(value: Any, width: int = _WIDTH) -> str:

@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import agent_trace as at
+from agent_trace.replay import iter_steps
 
 MODEL = "fake-gpt-4o-mini"
 
@@ -405,72 +406,12 @@ def this_run(events: list[at.AgentEvent]) -> list[at.AgentEvent]:
     return events[starts[-1] :] if starts else events
 
 
-def describe(ev: at.AgentEvent) -> str:
-    """The payload bits worth a glance, for one line of the step list."""
-    p = ev.payload
-    kind = ev.event_type
-    if kind == "session_started":
-        return " ".join(f"{k}={v}" for k, v in p.get("metadata", {}).items())
-    if kind == "session_ended":
-        return f"status={p.get('status')} duration={p.get('duration_ms', 0):.0f}ms"
-    if kind == "user_message_received":
-        return repr(p.get("message"))
-    if kind == "response_generated":
-        return f"{_short(p.get('response'), 60)!r} tokens={p.get('tokens_used')}"
-    if kind == "tool_started":
-        return f"{p.get('tool')}({_short(_kwargs(p.get('args')), 60)})"
-    if kind == "tool_executed":
-        return f"{p.get('tool')} -> {_short(json.dumps(p.get('result')), 50)}"
-    if kind in ("tool_failed", "llm_failed", "decision_failed"):
-        name = p.get("tool") or p.get("name") or p.get("decision")
-        return f"{name} {p.get('error_type')}: {_short(p.get('error'), 60)}"
-    if kind == "llm_started":
-        return f"{p.get('name')} model={p.get('model')}"
-    if kind == "llm_responded":
-        usage = p.get("usage") or {}
-        if "chunks" in p:
-            return f"{p.get('name')} streamed {p['chunks']} chunks"
-        tokens_in, tokens_out = usage.get("input_tokens"), usage.get("output_tokens")
-        return f"{p.get('name')} tokens in={tokens_in} out={tokens_out}"
-    if kind == "decision_made":
-        choice = p.get("choice")
-        if isinstance(choice, dict) and "tool" in choice:
-            choice = choice["tool"]
-        elif isinstance(choice, dict) and choice.get("final"):
-            choice = "final answer"
-        return f"-> {choice}: {_short(p.get('reasoning'), 50)}"
-    return _short(json.dumps(p), 70)
-
-
-def _kwargs(args: dict[str, Any] | None) -> str:
-    return ", ".join(f"{k}={v!r}" for k, v in (args or {}).items())
-
-
-def _short(text: Any, width: int) -> str:
-    text = "" if text is None else str(text)
-    return text if len(text) <= width else text[: width - 1] + "…"
-
-
 def print_steps(events: list[at.AgentEvent]) -> None:
     """Print a session step by step, indented by span nesting."""
-    # A call's events can precede its parent's (a decision is recorded when it
-    # returns), so depths come from the whole span -> parent map.
-    parent_of = {ev.span_id: ev.parent_span_id for ev in events if ev.span_id}
-
-    def depth(span_id: str | None) -> int:
-        d = 0
-        while span_id is not None and parent_of.get(span_id) is not None:
-            span_id, d = parent_of[span_id], d + 1
-        return d
-
-    for ev in events:
-        if ev.span_id is not None:
-            level = depth(ev.span_id)
-        else:  # a custom event: one level inside the call that emitted it, if any
-            level = 0 if ev.parent_span_id is None else depth(ev.parent_span_id) + 1
-        clock = ev.timestamp[11:26]  # HH:MM:SS.ffffff
-        label = "  " * level + ev.event_type
-        print(f"  {ev.version:>3}  {clock}  {label:<26} {describe(ev)}")
+    for step in iter_steps(events):
+        clock = step.event.timestamp[11:26]  # HH:MM:SS.ffffff
+        label = "  " * step.depth + step.event.event_type
+        print(f"  {step.version:>3}  {clock}  {label:<26} {step.summary}")
 
 
 def store_location(store_url: str | None) -> str:
