@@ -2,8 +2,8 @@
 
 ``configure()`` replaces the settings; the recorder reads them when it
 starts and switches stores after flushing what the old one was owed.
-Reading the environment (``AGENT_TRACE_STORE``) happens on first use, not at
-import, so a test or a script can set it late.
+Reading the environment (``AGENT_TRACE_STORE``, ``AGENT_TRACE_WRITER_PROCESS``)
+happens on first use, not at import, so a test or a script can set it late.
 """
 
 from __future__ import annotations
@@ -24,6 +24,8 @@ __all__ = ["DEFAULT_STORE_URL", "Settings", "configure", "get_settings"]
 
 DEFAULT_STORE_URL = "sqlite:///agent_trace.db"
 Durability = Literal["batched", "immediate"]
+WriterProcessMode = Literal["auto", "always", "never"]
+_WRITER_PROCESS_MODES = ("auto", "always", "never")
 
 
 @dataclass(frozen=True)
@@ -53,12 +55,21 @@ class Settings:
     #: Extra sinks (e.g. ``agent_trace.otel.OTelExporter``): callables given each
     #: batch of events once the store has made it durable.
     sinks: tuple[Callable[[list[AgentEvent]], object], ...] = ()
+    #: SQLite file stores only: hand batches to a helper process that hashes
+    #: and inserts them on another core. "auto" starts it once the writer
+    #: falls a batch behind; "never" keeps all work in this process.
+    writer_process: WriterProcessMode = "auto"
     capture: CaptureOptions = field(default_factory=CaptureOptions, compare=False)
 
     def __post_init__(self) -> None:
         if self.durability not in ("batched", "immediate"):
             raise ValueError(
                 f"durability must be 'batched' or 'immediate', got {self.durability!r}"
+            )
+        if self.writer_process not in _WRITER_PROCESS_MODES:
+            raise ValueError(
+                f"writer_process must be one of {', '.join(_WRITER_PROCESS_MODES)}, "
+                f"got {self.writer_process!r}"
             )
         for name in ("max_buffer", "batch_size"):
             if int(getattr(self, name)) < 1:
@@ -95,7 +106,10 @@ def get_settings() -> Settings:
     """The settings in force (built from the environment on first use)."""
     global _settings
     if _settings is None:
-        _settings = Settings(store=os.environ.get("AGENT_TRACE_STORE") or DEFAULT_STORE_URL)
+        _settings = Settings(
+            store=os.environ.get("AGENT_TRACE_STORE") or DEFAULT_STORE_URL,
+            writer_process=os.environ.get("AGENT_TRACE_WRITER_PROCESS") or "auto",  # type: ignore[arg-type]
+        )
     return _settings
 
 

@@ -1,30 +1,33 @@
 """The recorder: takes events off the caller's path and makes them durable.
 
 Callers (any thread, any event loop, plain sync code) hand over an event as a
-tuple — captured payload bytes, a nanosecond timestamp, span ids — appended
-to an in-memory deque under a short lock; that is all they do, no I/O. One
-daemon writer thread, started on first use, owns the store and its own event
-loop. It wakes when the deque turns non-empty (or a flush asks), takes up to
+tuple — captured payload bytes, a nanosecond timestamp, span ids — appended to
+an in-memory deque under a short lock; that is all they do, no I/O. One daemon
+writer thread, started on first use, owns the store and its own event loop. It
+wakes when the deque turns non-empty (or a flush asks), takes up to
 ``batch_size`` events, gives each a UUIDv7 id and ISO timestamp, and awaits
 the store's append: ``append_captured`` with the captured payload bytes as
 they are (the built-in stores), else ``append`` with ``AgentEvent``s. The
 store assigns versions, positions and hashes in one transaction; while it
-works, the writer prepares the next batch. When the append returns, the batch is
-durable: the writer advances its ``written`` count and wakes every
-``flush()`` waiting for a count at or below it. When ``append`` raises, the
-writer keeps the same sealed batch (same event ids, so a retry after a
-half-done append duplicates nothing) and retries with capped exponential
-backoff while new events queue behind it. If the store stays down for
-``spill_after`` seconds, batches go to the local spill file (``spill_path``,
-fsynced, see ``agent_trace.spill``) and count as handled, so flushes return
-and the agent keeps running; the next append that reaches the store first
-re-appends the spill, so each session keeps its order. The deque is bounded by
-``max_buffer``: a full buffer makes emitters wait for room, never drop.
-At exit, one hook flushes before the interpreter joins its threads (all a
-multiprocessing child runs) and an atexit hook flushes what threads emitted
-until their end, then closes the store; SIGTERM, unless the program handles
-it itself, exits through ``SystemExit`` so those hooks run too. ``os.fork``
-waits for an append in flight; the child starts a fresh recorder.
+works, the writer prepares the next batch. For a SQLite file that transaction
+can run in a helper process instead (``writer_process``, see
+``agent_trace.stores.sqlite_writer``), started once the writer falls a whole
+batch behind, so hashing and inserting leave the agent's interpreter. When the
+append returns, the batch is durable: the writer advances its ``written``
+count and wakes every ``flush()`` waiting for a count at or below it. When
+``append`` raises, the writer keeps the same sealed batch (same event ids, so
+a retry after a half-done append duplicates nothing) and retries with capped
+exponential backoff while new events queue behind it. If the store stays down
+for ``spill_after`` seconds, batches go to the local spill file
+(``spill_path``, fsynced, see ``agent_trace.spill``) and count as handled, so
+flushes return and the agent keeps running; the next append that reaches the
+store first re-appends the spill, so each session keeps its order. The deque
+is bounded by ``max_buffer``: a full buffer makes emitters wait for room,
+never drop. At exit, one hook flushes before the interpreter joins its threads
+(all a multiprocessing child runs) and an atexit hook flushes what threads
+emitted until their end, then closes the store; SIGTERM, unless the program
+handles it itself, exits through ``SystemExit`` so those hooks run too.
+``os.fork`` waits for an append in flight; the child starts a fresh recorder.
 
 Never raises into agent code on the emit path; failures are logged once per
 outage and counted in ``stats()``.
@@ -51,6 +54,7 @@ from agent_trace.stores.base import Captured, events_from_captured
 
 if TYPE_CHECKING:
     from agent_trace.stores.base import EventStore
+    from agent_trace.stores.sqlite_writer import WriterProcess
 
 __all__ = ["Recorder", "flush", "flush_sync", "get_recorder", "stats"]
 
@@ -104,6 +108,8 @@ class Recorder:
         self._store: EventStore | None = None
         self._owns_store = False
         self._switch_lock = threading.Lock()
+        self._writer_proc: WriterProcess | None = None  # see stores.sqlite_writer
+        self._writer_starts = 0
 
     def _adopt(self, settings: Settings) -> None:
         # Read on every recorded call, so kept as plain attributes.
@@ -215,6 +221,7 @@ class Recorder:
             "store_failures": self._failures,
             "last_error": self._last_error,
             "sink_errors": self._sink_errors,
+            "writer_pid": wp.pid if (wp := self._writer_proc) is not None and wp.ready else None,
         }
 
     # --- store ownership ---------------------------------------------------
@@ -241,6 +248,9 @@ class Recorder:
             self._adopt(settings)
             return
         self.flush_sync(timeout=self._settings.flush_timeout)
+        with self._in_store:  # not while a batch is on its way to the writer process
+            self._stop_writer_process(self._settings.exit_timeout)
+            self._writer_starts = 0
         with self._switch_lock:
             old, old_owned = self._store, self._owns_store
             self._store, self._owns_store = new_store, owns
@@ -300,6 +310,8 @@ class Recorder:
                     self._wake.wait(0.5)
                     continue
                 batch = self._take_batch()
+                if self._writer_proc is None and self._wants_writer_process():
+                    self._start_writer_process()
                 if in_flight is not None:
                     loop.run_until_complete(in_flight)
                 in_flight = loop.create_task(self._write(batch))
@@ -338,7 +350,7 @@ class Recorder:
                 with self._in_store:
                     if self._spill_pending:
                         await self._drain_spill(store)  # earlier batches first: order holds
-                    append_captured = _captured_appender(store)
+                    append_captured = self._appender(store)
                     if append_captured is not None:
                         await append_captured(batch.items)
                     else:
@@ -388,6 +400,58 @@ class Recorder:
             # RuntimeError: that loop has closed, so nobody is waiting any more.
             with contextlib.suppress(RuntimeError):
                 w.loop.call_soon_threadsafe(_resolve, w.future)
+
+    # --- writer process (SQLite file stores) ------------------------------------
+
+    def _wants_writer_process(self) -> bool:
+        mode = self._settings.writer_process
+        if mode == "never" or self._writer_starts >= _MAX_WRITER_STARTS:
+            return False
+        # "auto": only under sustained load, when a whole batch is already
+        # waiting behind the one just taken; a quiet agent never forks one.
+        if mode == "auto" and len(self.queue) < self._settings.batch_size:
+            return False
+        return _writer_process_target(self.store()) is not None
+
+    def _start_writer_process(self) -> None:
+        from agent_trace.stores.sqlite_writer import WriterProcess
+
+        store = _writer_process_target(self.store())
+        if store is None:
+            return
+        self._writer_starts += 1
+        wp = WriterProcess(store.path, store.busy_timeout_ms, store.synchronous)
+        try:
+            wp.start()
+        except OSError as exc:
+            self._writer_starts = _MAX_WRITER_STARTS  # this interpreter cannot spawn: stop trying
+            log.warning(
+                "agent_trace: cannot start the writer process (%s); writing in-process", exc
+            )
+            return
+        self._writer_proc = wp
+
+    def _appender(self, store: EventStore) -> Any:
+        """Where this batch goes: the writer process if it is up, else the store."""
+        wp = self._writer_proc
+        if wp is not None and self._settings.writer_process == "never":
+            self._stop_writer_process(self._settings.exit_timeout)  # configure() turned it off
+        elif wp is not None:
+            if wp.dead:
+                self._writer_proc = None
+                log.warning("agent_trace: %s; writing in-process", wp._gone())
+            else:
+                if not wp.ready and self._settings.writer_process == "always":
+                    # "always" means every batch through the child, the first one too.
+                    wp._ready.wait(_WRITER_READY_TIMEOUT)
+                if wp.ready:
+                    return wp.append_captured
+        return _captured_appender(store)
+
+    def _stop_writer_process(self, timeout: float | None) -> None:
+        wp, self._writer_proc = self._writer_proc, None
+        if wp is not None:
+            wp.close(timeout)
 
     def _feed_sinks(self, batch: list[AgentEvent]) -> None:
         # Before flush() waiters wake, so a flush also means the sinks saw it.
@@ -480,6 +544,7 @@ class Recorder:
         thread = self._thread
         if thread is not None and ok:
             thread.join(timeout)
+        self._stop_writer_process(timeout)
         if self._store is not None and self._owns_store:
             self._close_store(self._store)
             self._store = None
@@ -555,6 +620,18 @@ def _captured_appender(store: EventStore) -> Any:
 
 
 _appender_cache: dict[type, bool] = {}
+_MAX_WRITER_STARTS = 3  # a writer process that keeps dying is given up on
+_WRITER_READY_TIMEOUT = 10.0
+
+
+def _writer_process_target(store: EventStore) -> Any:
+    """The store if a writer process can append for it: a plain SQLite file store."""
+    from agent_trace.stores.sqlite import SQLiteStore
+
+    # Exactly SQLiteStore: a subclass may change what appending means.
+    if type(store) is SQLiteStore and store.path != ":memory:":
+        return store
+    return None
 
 
 class _Batch:

@@ -1,0 +1,288 @@
+"""A writer process for the SQLite store: hashing and inserting on another core.
+
+Recording is Python from end to end: capture on the caller's thread, then per
+event a hash, a version and an insert in the writer. In one interpreter those
+share one core (the GIL), so the agent's own code and the recorder's writer
+take turns. Under sustained load the recorder hands batches to this helper
+process instead: its own interpreter seals them (versions, positions, hash
+chain) and inserts them with the same ``_append`` transaction the in-process
+store runs, while the recording process keeps capturing.
+
+The protocol is a pair of pipes (the child's stdin and stdout), frames of a
+4-byte little-endian length and a ``marshal`` body (both ends run the same
+interpreter, ``sys.executable``). The child says ``("ready", pid)`` once its
+connection is set up, then answers each batch, in order, with ``("ok", n)``
+or ``("error", type, message)``. An answer means committed (or not): a batch
+is acknowledged only after its ``COMMIT``. The event ids are fixed before a
+batch is sent, so a batch resent after the child died duplicates nothing.
+
+The child ignores SIGINT and SIGTERM and runs in its own session: the
+recording process decides when to stop, flushing first. It exits when its
+stdin closes — on ``close()``, or when the recording process dies (SIGKILL
+included), after finishing the batch in hand.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import logging
+import marshal
+import os
+import signal
+import sqlite3
+import struct
+import subprocess
+import sys
+import threading
+import weakref
+from collections import deque
+from collections.abc import Sequence
+from typing import IO, Any
+
+from agent_trace.stores.base import Captured, StoreError
+
+__all__ = ["WriterProcess", "main"]
+
+log = logging.getLogger("agent_trace")
+
+_HEADER = struct.Struct("<I")
+# Frames above this are refused by the child: a corrupt length must not make
+# it try to read gigabytes. Batches are far smaller (5,000 events ~ 2 MB).
+_MAX_FRAME = 1 << 30
+
+
+class WriterProcessError(StoreError):
+    """The writer process could not append a batch (or is gone)."""
+
+
+class WriterProcess:
+    """The recording process's handle on one writer child for one SQLite file."""
+
+    def __init__(self, path: str, busy_timeout_ms: int, synchronous: str) -> None:
+        self.path = path
+        self._args = [path, str(busy_timeout_ms), synchronous]
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._pending: deque[concurrent.futures.Future[int]] = deque()
+        self._lock = threading.Lock()  # one frame at a time; pairs sends with _pending
+        self._ready = threading.Event()
+        self._dead = False
+        self.pid: int | None = None
+        self.exit_reason: str | None = None
+
+    # --- lifecycle -------------------------------------------------------------
+
+    def start(self) -> None:
+        """Spawn the child; returns at once (``ready`` turns true when it is set up).
+
+        Raises ``OSError`` if the interpreter cannot be started.
+        """
+        env = dict(os.environ)
+        # The child imports agent_trace the way this process did, even when it
+        # came from a path that is not on the default sys.path.
+        root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+        self._proc = subprocess.Popen(
+            [sys.executable, "-m", "agent_trace.stores.sqlite_writer", *self._args],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            env=env,
+            close_fds=True,
+            start_new_session=True,
+        )
+        self.pid = self._proc.pid
+        _live.add(self)
+        threading.Thread(
+            target=self._read_answers, name="agent_trace-writer-answers", daemon=True
+        ).start()
+
+    @property
+    def ready(self) -> bool:
+        """True once the child has its connection, until it dies or is closed."""
+        return self._ready.is_set() and not self._dead
+
+    @property
+    def dead(self) -> bool:
+        return self._dead
+
+    def close(self, timeout: float | None = 10.0) -> None:
+        """Let the child finish what it holds and exit (closes its stdin)."""
+        proc = self._proc
+        if proc is None:
+            return
+        with self._lock:
+            self._dead = True
+            try:
+                if proc.stdin is not None:
+                    proc.stdin.close()
+            except OSError:
+                pass
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            log.warning("agent_trace: writer process %d did not exit; killing it", proc.pid)
+            proc.kill()
+            proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()
+        _live.discard(self)
+
+    # --- appending ---------------------------------------------------------------
+
+    async def append_captured(self, items: Sequence[Captured]) -> int:
+        """Append ``items`` through the child: the store's ``append_captured``."""
+        if not items:
+            return 0
+        return await asyncio.wrap_future(self.submit(items))
+
+    def submit(self, items: Sequence[Captured]) -> concurrent.futures.Future[int]:
+        """Send one batch; the future resolves once the child has committed it."""
+        body = marshal.dumps(list(items))
+        fut: concurrent.futures.Future[int] = concurrent.futures.Future()
+        with self._lock:
+            proc = self._proc
+            if self._dead or proc is None or proc.stdin is None:
+                raise WriterProcessError(self._gone())
+            self._pending.append(fut)
+            try:
+                proc.stdin.write(_HEADER.pack(len(body)))
+                proc.stdin.write(body)
+                proc.stdin.flush()
+            except (OSError, ValueError) as exc:  # EPIPE, or closed under us
+                self._pending.remove(fut)
+                self._dead = True
+                raise WriterProcessError(f"{self._gone()}: {exc}") from exc
+        return fut
+
+    # --- answers -------------------------------------------------------------------
+
+    def _read_answers(self) -> None:
+        proc = self._proc
+        assert proc is not None and proc.stdout is not None
+        stream = proc.stdout
+        try:
+            while True:
+                answer = _read_frame(stream)
+                if answer is None:
+                    break
+                if answer[0] == "ready":
+                    self._ready.set()
+                    continue
+                if answer[0] == "failed":
+                    self.exit_reason = answer[1]
+                    break
+                with self._lock:
+                    fut = self._pending.popleft() if self._pending else None
+                if fut is None:
+                    break  # an answer nobody asked for: the stream is out of step
+                if answer[0] == "ok":
+                    fut.set_result(answer[1])
+                else:
+                    fut.set_exception(WriterProcessError(f"{answer[1]}: {answer[2]}"))
+        except (OSError, ValueError, EOFError) as exc:
+            self.exit_reason = f"{type(exc).__name__}: {exc}"
+        finally:
+            with self._lock:
+                self._dead = True
+                pending, self._pending = list(self._pending), deque()
+            code = proc.poll()
+            if code is None:
+                try:
+                    code = proc.wait(1.0)
+                except subprocess.TimeoutExpired:
+                    code = None
+            if self.exit_reason is None:
+                self.exit_reason = f"exited with code {code}"
+            for fut in pending:
+                # Committed or not is unknown: the batch is retried, and its
+                # fixed event ids make a retry of a committed batch a no-op.
+                fut.set_exception(WriterProcessError(self._gone()))
+
+    def _gone(self) -> str:
+        reason = f" ({self.exit_reason})" if self.exit_reason else ""
+        return f"agent_trace writer process {self.pid} for {self.path!r} is gone{reason}"
+
+
+def _read_frame(stream: IO[bytes]) -> Any:
+    """One frame's value, or None at a clean end of stream."""
+    header = stream.read(_HEADER.size)
+    if not header:
+        return None
+    if len(header) < _HEADER.size:
+        raise EOFError("truncated frame header")
+    (size,) = _HEADER.unpack(header)
+    if size > _MAX_FRAME:
+        raise ValueError(f"frame of {size} bytes is over the {_MAX_FRAME} limit")
+    body = stream.read(size)
+    if len(body) < size:
+        raise EOFError("truncated frame")
+    return marshal.loads(body)
+
+
+def _write_frame(stream: IO[bytes], value: Any) -> None:
+    body = marshal.dumps(value)
+    stream.write(_HEADER.pack(len(body)) + body)
+    stream.flush()
+
+
+# A forked child of the recording process must not keep the writer's pipes
+# open: the writer would not see its stdin close when the parent exits.
+_live: weakref.WeakSet[WriterProcess] = weakref.WeakSet()
+
+
+def _forget_in_child() -> None:
+    for wp in list(_live):
+        wp._dead = True
+        proc = wp._proc
+        for stream in (proc.stdin, proc.stdout) if proc is not None else ():
+            if stream is not None:
+                with contextlib.suppress(OSError, ValueError):
+                    os.close(stream.fileno())
+    _live.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_in_child)
+
+
+# --- the child -------------------------------------------------------------------
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The writer child: ``python -m agent_trace.stores.sqlite_writer PATH BUSY_MS SYNC``."""
+    from agent_trace.stores.sqlite import SQLiteStore, _append
+
+    path, busy_ms, synchronous = argv if argv is not None else sys.argv[1:]
+    for sig in (signal.SIGINT, getattr(signal, "SIGTERM", None)):
+        if sig is not None:
+            signal.signal(sig, signal.SIG_IGN)
+    inp, out = sys.stdin.buffer, sys.stdout.buffer
+    sys.stdout = sys.stderr  # nothing but frames may reach the protocol stream
+    store = SQLiteStore(path, busy_timeout_ms=int(busy_ms), synchronous=synchronous)
+    db = sqlite3.connect(path, isolation_level=None)
+    try:
+        try:
+            store._set_up(db)
+        except Exception as exc:
+            _write_frame(out, ("failed", f"{type(exc).__name__}: {exc}"))
+            return 1
+        _write_frame(out, ("ready", os.getpid()))
+        while True:
+            items = _read_frame(inp)
+            if items is None:
+                return 0
+            try:
+                n = _append(db, items)
+            except Exception as exc:
+                _write_frame(out, ("error", type(exc).__name__, str(exc)))
+            else:
+                _write_frame(out, ("ok", n))
+    except (BrokenPipeError, EOFError):
+        return 0  # the recording process is gone; nothing left to answer
+    finally:
+        db.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
