@@ -443,9 +443,19 @@ class Recorder:
             else:
                 if not wp.ready and self._settings.writer_process == "always":
                     # "always" means every batch through the child, the first one too.
-                    wp._ready.wait(_WRITER_READY_TIMEOUT)
+                    wp.wait_ready(_WRITER_READY_TIMEOUT)
                 if wp.ready:
                     return wp.append_captured
+                if wp.age() > _WRITER_READY_TIMEOUT:
+                    # Alive but silent: sys.executable is not a Python that can run it.
+                    log.warning(
+                        "agent_trace: writer process %s did not start within %gs; "
+                        "writing in-process",
+                        wp.pid,
+                        _WRITER_READY_TIMEOUT,
+                    )
+                    self._writer_starts = _MAX_WRITER_STARTS
+                    self._stop_writer_process(1.0)
         return _captured_appender(store)
 
     def _stop_writer_process(self, timeout: float | None) -> None:

@@ -291,3 +291,24 @@ def test_threads_recording_at_once_through_the_writer(writer_store):
     for t in range(4):
         events = at.get_events_sync(f"wp-thread-{t}", store=writer_store)
         assert [e.version for e in events] == list(range(1, 503))
+
+
+def test_a_child_that_never_gets_ready_is_stopped_and_work_stays_in_process(
+    tmp_path, monkeypatch, caplog
+):
+    silent = tmp_path / "silent-python"
+    silent.write_text("#!/bin/sh\nexec sleep 60\n")
+    silent.chmod(0o755)
+    monkeypatch.setattr(sys, "executable", str(silent))
+    monkeypatch.setattr("agent_trace.recorder._WRITER_READY_TIMEOUT", 0.3)
+    store = SQLiteStore(tmp_path / "silent.db")
+    at.configure(store=store, writer_process="always")
+    try:
+        with at.session("silent"):
+            at.emit("tick", {})
+        assert at.flush_sync(timeout=10)
+        assert at.stats()["writer_pid"] is None
+        assert "did not start within" in caplog.text
+        assert len(at.get_events_sync("silent", store=store)) == 3
+    finally:
+        at.configure(writer_process="auto")

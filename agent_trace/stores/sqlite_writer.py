@@ -36,6 +36,7 @@ import struct
 import subprocess
 import sys
 import threading
+import time
 import weakref
 from collections import deque
 from collections.abc import Sequence
@@ -70,6 +71,7 @@ class WriterProcess:
         self._dead = False
         self.pid: int | None = None
         self.exit_reason: str | None = None
+        self._started: float | None = None
 
     # --- lifecycle -------------------------------------------------------------
 
@@ -92,10 +94,20 @@ class WriterProcess:
             start_new_session=True,
         )
         self.pid = self._proc.pid
+        self._started = time.monotonic()
         _live.add(self)
         threading.Thread(
             target=self._read_answers, name="agent_trace-writer-answers", daemon=True
         ).start()
+
+    def wait_ready(self, timeout: float) -> bool:
+        """Wait until the child is set up; False on timeout or if it died."""
+        self._ready.wait(timeout)
+        return self.ready
+
+    def age(self) -> float:
+        """Seconds since :meth:`start`."""
+        return time.monotonic() - self._started if self._started is not None else 0.0
 
     @property
     def ready(self) -> bool:
