@@ -17,8 +17,9 @@ Then:
 3. ``session_summary`` of one session among them (``get_events``, an index
    lookup): median and p95 over random sessions; target under 5 ms.
 
-For scale it also lists ``read_all`` alone (no fold) and the two views each
-in its own scan. It prints a table and exits 0 whatever the numbers.
+For scale it also lists the scan alone (the same ``read_all`` pages folded
+into a view that ignores every event) and the two views each in its own
+scan. It prints a table and exits 0 whatever the numbers.
 """
 
 from __future__ import annotations
@@ -36,9 +37,11 @@ from pathlib import Path
 
 from agent_trace.events import AgentEvent, format_timestamp, uuid7
 from agent_trace.projections import (
+    Projection,
     SessionSummaries,
     SessionSummary,
     ToolStatsProjection,
+    rebuild,
     rebuild_many,
     session_summaries,
     session_summary,
@@ -161,14 +164,20 @@ def read_limit(path: Path) -> tuple[float, int]:
     return elapsed, n
 
 
-async def read_all_only(store: SQLiteStore) -> float:
+class Nothing(Projection[None]):
+    """A view that ignores every event: rebuilding it costs the scan alone."""
+
+    def initial(self) -> None:
+        return None
+
+    def apply(self, state: None, event: AgentEvent) -> None:
+        return state
+
+
+async def scan_only(store: SQLiteStore) -> float:
+    """The rebuild's own reading (same pages, same setup), with a fold that does nothing."""
     start = time.perf_counter()
-    after = 0
-    while True:
-        page = await store.read_all(after, 5000)
-        if not page:
-            break
-        after = page[-1].position
+    await rebuild(Nothing(), store)
     return time.perf_counter() - start
 
 
@@ -247,7 +256,7 @@ async def main() -> None:
             assert rows == n, (rows, n)
             keep("read", elapsed)
             gc.collect()
-            keep("read_all", await read_all_only(store))
+            keep("scan", await scan_only(store))
             gc.collect()
             elapsed, summarized, calls = await rebuild_both(store)
             assert summarized == sessions and calls == sessions * 16, (summarized, calls)
@@ -278,9 +287,9 @@ async def main() -> None:
 
     print(row("read limit: sqlite3 row loop", f"{read_rate:,.0f} ev/s"))
     print(rate_row("rebuild: summaries + tool_stats", "rebuild", RATIO_TARGET))
-    print(rate_row("  read_all alone (no fold)", "read_all"))
-    fold_share = best["read_all"] / best["rebuild"]
-    print(row("  rebuild rate / read_all rate", "", "", f"{fold_share:.2f}x"))
+    print(rate_row("  scan alone (no-op view)", "scan"))
+    fold_share = best["scan"] / best["rebuild"]
+    print(row("  rebuild rate / scan rate", "", "", f"{fold_share:.2f}x"))
     print(rate_row("  session_summaries (own scan)", "summaries"))
     print(rate_row("  tool_stats (own scan)", "tool_stats"))
     med, p95 = statistics.median(lat), statistics.quantiles(lat, n=20)[-1]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import os
 import sqlite3
@@ -117,6 +118,53 @@ def test_summary_edge_cases() -> None:
     assert open_session.llm_calls == 3
     assert open_session.errors == ["custom", "decision_failed"]
     assert open_session.duration_ms == pytest.approx(40.0)  # from timestamps while open
+
+
+def test_summary_times_are_the_earliest_and_latest_whatever_the_order() -> None:
+    at = [5, 9, 2, 9, 7, 1, 3]
+    s = build_session_summary([ev("s", "observation_added", at_ms=ms) for ms in at])
+    assert s.started_at == format_timestamp(T0 + 1_000_000)
+    assert s.last_activity == format_timestamp(T0 + 9_000_000)
+    assert s.duration_ms == pytest.approx(8.0)
+
+
+async def test_summary_kinds_of_unseen_types_are_cached_right(memory_store) -> None:
+    # Types outside the known set are classified once ("*_failed" is an error).
+    events = [ev("k", t) for t in ("a_failed", "b_started", "a_failed", "b_started")]
+    await memory_store.append(events)
+    for summary in (build_session_summary(events), (await session_summaries(memory_store))["k"]):
+        assert summary.errors == ["a_failed", "a_failed"] and summary.llm_calls == 0
+
+
+async def test_scans_relax_the_gc_and_restore_it(memory_store) -> None:
+    from agent_trace.projections import _SCAN_GC_THRESHOLD
+
+    await memory_store.append([ev("g", "tool_executed", {"tool": "t"}, at_ms=i) for i in range(3)])
+    seen: list[int] = []
+
+    class Watch(Projection):
+        def initial(self):
+            return 0
+
+        def apply(self, state, event):
+            seen.append(gc.get_threshold()[0])
+            if event.payload.get("boom"):
+                raise RuntimeError("boom")
+            return state + 1
+
+    before = gc.get_threshold()
+    gc.set_threshold(123, 4, 5)
+    try:
+        # Overlapping scans share one raise; the last one to finish restores.
+        assert await asyncio.gather(*(rebuild(Watch(), memory_store) for _ in range(3))) == [3] * 3
+        assert gc.get_threshold() == (123, 4, 5)
+        assert seen and all(t == _SCAN_GC_THRESHOLD for t in seen)
+        await memory_store.append([ev("g", "x", {"boom": True}, at_ms=9)])
+        with pytest.raises(RuntimeError, match="boom"):
+            await rebuild(Watch(), memory_store)
+        assert gc.get_threshold() == (123, 4, 5)
+    finally:
+        gc.set_threshold(*before)
 
 
 async def test_session_summary_reads_one_session_from_the_configured_store(memory_store) -> None:

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from store_helpers import make_event
 
-from agent_trace.events import AgentEvent, compute_hash, payload_bytes
+from agent_trace.events import AgentEvent, compute_hash, event_from_values, payload_bytes
 from agent_trace.stores.base import (
     EventIndex,
     StoreError,
@@ -17,6 +17,7 @@ from agent_trace.stores.base import (
     captured_from_events,
     event_from_row,
     events_from_captured,
+    events_from_rows,
     seal_rows,
     unique_captured,
 )
@@ -65,6 +66,23 @@ def test_seal_rows_matches_assign_chain_and_compute_hash(events, first_position)
         assert row[4] == pj.decode()
         assert payload_bytes(stored.payload) == pj
         assert compute_hash(stored) == row[11]
+
+
+@settings(max_examples=50, deadline=None)
+@given(events=_events)
+def test_the_read_path_builds_real_frozen_events(events) -> None:
+    rows = seal_rows(events, {}, 1)
+    built = events_from_rows(rows)
+    assert built == [event_from_row(row) for row in rows]
+    for row, ev in zip(rows, built, strict=True):
+        # event_from_values builds the object its own way: it must be an
+        # ordinary, still frozen AgentEvent, equal to the constructor's.
+        again = AgentEvent(*row[:4], ev.payload, *row[5:])  # type: ignore[misc]
+        assert type(ev) is AgentEvent and ev == again and repr(ev) == repr(again)
+        assert dataclasses.replace(ev, version=7).version == 7
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            ev.version = 1  # type: ignore[misc]
+        assert event_from_values(*row[:4], ev.payload, *row[5:]) == ev
 
 
 def test_seal_rows_leaves_the_callers_heads_alone_on_failure() -> None:
