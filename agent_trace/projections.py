@@ -145,13 +145,20 @@ async def _scan(store: EventStore, after_position: int = 0) -> AsyncIterator[lis
     """The global log after ``after_position`` in pages, in position order."""
     # Pages are read one after the other, not prefetched: the stores decode
     # events in their own thread, and overlapping that with the fold only
-    # makes the two fight over the GIL (measured: slower).
-    while True:
-        page = await store.read_all(after_position, BATCH_SIZE)
-        if not page:
-            return
+    # makes the two fight over the GIL (measured: slower). A store that can
+    # read on this thread (SQLite's read_all_inline) skips that thread's
+    # round trip per page; the first page is awaited, which opens the store.
+    inline = getattr(store, "read_all_inline", None)
+    page = await store.read_all(after_position, BATCH_SIZE)
+    while page:
         yield page
         after_position = page[-1].position
+        next_page = inline(after_position, BATCH_SIZE) if inline is not None else None
+        if next_page is None:
+            next_page = await store.read_all(after_position, BATCH_SIZE)
+        else:
+            await asyncio.sleep(0)  # an inline read never yields: let other tasks run
+        page = next_page
 
 
 # A page of events is a few thousand containers that live until the page is

@@ -453,3 +453,36 @@ def test_handler_sugar_maps_dotted_and_dashed_types() -> None:
 
     events = [ev("s", t) for t in ("order.paid", "order-paid", "order:paid", "order_paid", "x")]
     assert fold(Dotted(), events) == ["order.paid", "order-paid", "order:paid", "order_paid"]
+
+
+async def test_a_sqlite_scan_reads_inline_and_still_lets_other_tasks_run(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "scan.db")
+    await store.append([ev(f"s{i % 7}", "tool_executed", {"tool": "t"}) for i in range(5_500)])
+    await store.close()  # the scan reopens it with its first (awaited) page
+    inline_reads = 0
+    read_inline = store.read_all_inline
+
+    def counting(*args, **kwargs):
+        nonlocal inline_reads
+        inline_reads += 1
+        return read_inline(*args, **kwargs)
+
+    store.read_all_inline = counting  # type: ignore[method-assign]
+    ticks = 0
+    done = False
+
+    async def heartbeat() -> None:
+        nonlocal ticks
+        while not done:
+            ticks += 1
+            await asyncio.sleep(0)
+
+    beat = asyncio.create_task(heartbeat())
+    await asyncio.sleep(0)
+    uses = await sessions_using_tool("t", store)
+    done = True
+    await beat
+    assert uses == [f"s{i}" for i in range(7)]
+    assert inline_reads >= 5  # pages 2..6 and the empty one that ends the scan
+    assert ticks >= 5  # the loop ran between pages
+    await store.close()

@@ -208,3 +208,30 @@ async def test_readers_see_only_committed_events(tmp_path: Path) -> None:
     finally:
         raw.close()
     await store.close()
+
+
+async def test_read_all_inline_reads_what_read_all_reads(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "inline.db")
+    assert store.read_all_inline() is None  # not opened yet: nothing created by a read
+    assert not (tmp_path / "inline.db").exists()
+    await store.append([make_event(f"s{i % 3}") for i in range(30)])
+    assert store.read_all_inline(0, 0) == []
+    assert store.read_all_inline(5, 10) == await store.read_all(5, 10)
+    assert store.read_all_inline() == await store.read_all()
+    # Another thread gets its own connection and sees every committed event.
+    seen = await asyncio.to_thread(store.read_all_inline, 20)
+    assert [e.position for e in seen] == list(range(21, 31))
+    await store.append([make_event("late")])
+    assert [e.session_id for e in store.read_all_inline(30)] == ["late"]
+    await store.close()
+    assert store.read_all_inline() is None
+    assert len(await store.read_all()) == 31  # reopened by the awaited read
+    assert len(store.read_all_inline()) == 31
+    await store.close()
+
+
+async def test_read_all_inline_is_unavailable_in_memory() -> None:
+    store = open_store("sqlite://")
+    await store.append([make_event("s")])
+    assert store.read_all_inline() is None
+    await store.close()
