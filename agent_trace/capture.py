@@ -57,6 +57,8 @@ REDACTED = "[REDACTED]"
 # canonical (stores hash and keep them as they are).
 _OPTS = orjson.OPT_SORT_KEYS | orjson.OPT_PASSTHROUGH_DATACLASS
 _NATIVE = (str, int, float, bool, type(None), datetime, date, time, UUID)
+# Characters whose presence in a redact key rules out CaptureOptions._keys_match.
+_JSON_SYNTAX = frozenset(b'"\\{}[],:' + bytes(range(32)))
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,14 +73,47 @@ class CaptureOptions:
     _key_re: re.Pattern[bytes] | None = dataclasses.field(
         default=None, init=False, repr=False, compare=False
     )
+    # Whether _key_re matches output holding exactly these object keys (see
+    # _keys_match); None when some redact key is not plain.
+    _key_verdicts: dict[tuple[str, ...], bool] | None = dataclasses.field(
+        default=None, init=False, repr=False, compare=False
+    )
 
     def __post_init__(self) -> None:
         keys = frozenset(k.lower() for k in self.redact_keys)
         object.__setattr__(self, "redact_keys", keys)
         if keys:
-            alts = b"|".join(re.escape(orjson.dumps(k)[1:-1]) for k in sorted(keys))
+            escaped = [orjson.dumps(k)[1:-1] for k in sorted(keys)]
+            alts = b"|".join(re.escape(e) for e in escaped)
             # Matched against the lowercased output: cheaper than re.IGNORECASE.
             object.__setattr__(self, "_key_re", re.compile(b'"(?:' + alts + b')":'))
+            if all(
+                e and e == k.encode() and not _JSON_SYNTAX.intersection(e)
+                for e, k in zip(escaped, sorted(keys), strict=True)
+            ):
+                object.__setattr__(self, "_key_verdicts", {})
+
+    def _keys_match(self, keys: tuple[str, ...], out: bytes) -> bool:
+        """Would ``_key_re`` match ``out``, JSON whose object keys are exactly ``keys``?
+
+        A match is a quote, a redact key, a quote and a colon. When the redact
+        keys are plain (JSON writes them as they are, and they hold no quote,
+        backslash or structural character), the second quote follows a plain
+        character, so it is neither escaped nor a string's opening quote: it
+        closes an object key. Every match thus ends an object key, the verdict
+        depends only on the set of keys, and an object of those keys alone
+        gets the same one.
+        """
+        key_re, verdicts = self._key_re, self._key_verdicts
+        assert key_re is not None and verdicts is not None
+        if len(verdicts) >= 1024:  # key sets are few (one per call shape), unless they are not
+            return key_re.search(out.lower()) is not None
+        try:
+            skeleton = orjson.dumps(dict.fromkeys(keys, 0))
+        except TypeError:  # not all str (or a lone surrogate): scan the output itself
+            return key_re.search(out.lower()) is not None
+        found = verdicts[keys] = key_re.search(skeleton.lower()) is not None
+        return found
 
     def with_redact(self, extra: Iterable[str]) -> CaptureOptions:
         """These options plus more keys to redact."""
@@ -88,19 +123,41 @@ class CaptureOptions:
 DEFAULT_OPTIONS = CaptureOptions()
 
 
-def capture(value: Any, options: CaptureOptions = DEFAULT_OPTIONS) -> bytes:
-    """Serialize ``value`` to JSON bytes with sorted keys. Never raises."""
+def capture(
+    value: Any, options: CaptureOptions = DEFAULT_OPTIONS, keys: tuple[str, ...] | None = None
+) -> bytes:
+    """Serialize ``value`` to JSON bytes with sorted keys. Never raises.
+
+    ``keys``: exactly the object keys ``value``'s JSON holds, when the caller
+    knows them (e.g. a dict of str, int, float, bool and None values); the
+    redaction check then looks the set up instead of scanning the output.
+    """
     try:
         out = orjson.dumps(value, default=_default, option=_OPTS)
     except TypeError:  # orjson.JSONEncodeError subclasses TypeError
         return _slow(value, options)
-    if (
-        len(out) > options.max_value_chars
-        or (options._key_re is not None and options._key_re.search(out.lower()) is not None)
-        or (b"null" in out and _has_nonfinite(value, 0))
-    ):
+    if len(out) > options.max_value_chars:
         return _slow(value, options)
-    return out
+    key_re = options._key_re
+    if key_re is not None:
+        verdicts = options._key_verdicts
+        if keys is None or verdicts is None:
+            redact = key_re.search(out.lower()) is not None
+        else:
+            redact = verdicts.get(keys)
+            if redact is None:
+                redact = options._keys_match(keys, out)
+        if redact:
+            return _slow(value, options)
+    # find(), not `in`: bytes.__contains__ first tries its operand as an int
+    # and pays for the TypeError, which doubles the cost of this test.
+    if out.find(b"null") >= 0 and _has_nonfinite(value, 0):
+        return _slow(value, options)
+    # orjson's result keeps its whole 4 KB output buffer allocated. A captured
+    # payload waits in the recorder's queue, and thousands of those buffers
+    # cost more in malloc and cache misses than an exact-size copy; b"%b" is
+    # the cheapest way to one.
+    return b"%b" % out
 
 
 def to_jsonable(value: Any, options: CaptureOptions = DEFAULT_OPTIONS) -> Any:
@@ -110,7 +167,7 @@ def to_jsonable(value: Any, options: CaptureOptions = DEFAULT_OPTIONS) -> Any:
 
 def _slow(value: Any, options: CaptureOptions) -> bytes:
     try:
-        return orjson.dumps(_Walker(options).walk(value, 0), option=_OPTS)
+        return b"%b" % orjson.dumps(_Walker(options).walk(value, 0), option=_OPTS)
     except Exception as exc:  # the walker's output is JSON-safe; this is a last resort
         return orjson.dumps({"$unserializable": _describe(value), "error": _safe_str(exc)})
 

@@ -30,6 +30,9 @@ __all__ = ["CallKind", "record_decision", "record_llm", "record_tool"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 _perf = time.perf_counter
+# Values whose JSON holds no object key: a payload made of them has known keys,
+# which capture() checks for redaction without scanning the output.
+_PLAIN = frozenset({str, int, float, bool, type(None)})
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,8 +46,9 @@ class CallKind:
     name_key: str
     # (recorded function, bound args) -> fields every event of the call carries
     common: Callable[[_Recorded, dict[str, Any]], dict[str, Any]] | None
-    # (recorded function, bound args, result) -> fields of the success event
-    outcome: Callable[[_Recorded, dict[str, Any], Any], dict[str, Any]]
+    # (recorded function, bound args, result) -> fields of the success event;
+    # or just the key the result goes under (no call to make per event)
+    outcome: Callable[[_Recorded, dict[str, Any], Any], dict[str, Any]] | str
 
 
 # --- the wrapping core -------------------------------------------------------
@@ -58,11 +62,15 @@ class _Recorded:
         "capture_args",
         "capture_result",
         "defaults",
+        "defaults_after_self",
         "kind",
         "model",
         "name",
         "names",
+        "names_after_self",
         "opts_redact",
+        "plain_name",
+        "result_keys",
         "signature",
         "simple",
         "usage",
@@ -100,6 +108,18 @@ class _Recorded:
         self.defaults = {
             p.name: p.default for p in params if p.default is not inspect.Parameter.empty
         }
+        # For bound methods: wrapt has already taken self/cls off the arguments.
+        self.names_after_self = self.names[1:]
+        self.defaults_after_self = {
+            k: v for k, v in self.defaults.items() if not self.names or k != self.names[0]
+        }
+        # The keys of a success payload {name, result, duration_ms} (see _Call.succeed).
+        self.plain_name = type(self.name) in _PLAIN
+        self.result_keys = (
+            (kind.name_key, kind.outcome, "duration_ms")
+            if isinstance(kind.outcome, str) and kind.common is None and self.plain_name
+            else None
+        )
 
     def options(self, rec: Recorder) -> CaptureOptions:
         opts = rec.capture_options
@@ -115,16 +135,26 @@ class _Recorded:
         if not self.capture_args:
             return {}
         # wrapt has already taken self/cls off ``args`` for bound methods.
-        skip = 1 if instance is not None and self.names else 0
-        names = self.names[skip:] if skip else self.names
-        if self.simple and len(args) <= len(names):
-            bound = dict(zip(names, args, strict=False))
-            if kwargs:
-                bound.update(kwargs)
-            for k, v in self.defaults.items():
-                if k not in bound and (not skip or k != self.names[0]):
-                    bound[k] = v
-            return bound
+        skip = instance is not None and self.names != ()
+        if self.simple:
+            if skip:
+                names, defaults = self.names_after_self, self.defaults_after_self
+            else:
+                names, defaults = self.names, self.defaults
+            n = len(args)
+            if n <= len(names):
+                # An index loop: for the few arguments a call takes, it costs
+                # less than dict(zip(...)), and this runs on every call.
+                bound = {}
+                for i in range(n):
+                    bound[names[i]] = args[i]
+                if kwargs:
+                    bound.update(kwargs)
+                if defaults:
+                    for k, v in defaults.items():
+                        if k not in bound:
+                            bound[k] = v
+                return bound
         if self.signature is None:
             return {"args": list(args), "kwargs": dict(kwargs)}
         try:
@@ -151,6 +181,7 @@ class _Call:
         "recorded",
         "session_id",
         "span",
+        "span_id",
         "t0",
     )
 
@@ -161,8 +192,10 @@ class _Call:
         self.args = args
         outer = _span.get()
         parent = self.parent = outer[0] if outer is not None else None
-        self.span = (new_span_id(), parent)
-        self.opts = recorded.options(rec)
+        span_id = self.span_id = new_span_id()
+        self.span = (span_id, parent)
+        # Most functions add no redact keys: skip the method call for them.
+        self.opts = recorded.options(rec) if recorded.opts_redact else rec.capture_options
         common = recorded.kind.common
         self.fields = common(recorded, args) if common is not None else None
         self.t0 = 0.0
@@ -175,19 +208,36 @@ class _Call:
 
     def _emit(self, event_type: str, body: dict[str, Any]) -> int:
         return self.rec.emit(
-            self.session_id, event_type, capture(body, self.opts), self.span[0], self.parent
+            self.session_id, event_type, capture(body, self.opts), self.span_id, self.parent
         )
 
     def start(self) -> int:
         """Emit the started event (if the kind has one) and start the clock."""
-        kind = self.recorded.kind
+        recorded = self.recorded
+        kind = recorded.kind
         n = 0
         if kind.started is not None:
-            body = {kind.name_key: self.recorded.name}
+            body = {kind.name_key: recorded.name}
             if self.fields:
                 body.update(self.fields)
-            body["args"] = self.args if self.recorded.capture_args else None
-            n = self._emit(kind.started, body)
+            args = self.args
+            body["args"] = args if recorded.capture_args else None
+            keys: tuple[str, ...] | None = None
+            if recorded.plain_name and not self.fields:
+                # Arguments of plain types add no nested keys: these are all of them.
+                keys = (kind.name_key, "args", *args)
+                for value in args.values():
+                    if type(value) not in _PLAIN:
+                        keys = None
+                        break
+            # self._emit() inlined here and in succeed(): one call less per event.
+            n = self.rec.emit(
+                self.session_id,
+                kind.started,
+                capture(body, self.opts, keys),
+                self.span_id,
+                self.parent,
+            )
         self.t0 = _perf()
         return n
 
@@ -198,11 +248,24 @@ class _Call:
         body = {kind.name_key: recorded.name}
         if self.fields:
             body.update(self.fields)
-        body.update(kind.outcome(recorded, self.args, result))
+        outcome = kind.outcome
+        keys = None
+        if type(outcome) is str:
+            body[outcome] = result
+            if extra is None and type(result) in _PLAIN:
+                keys = recorded.result_keys
+        else:
+            body.update(outcome(recorded, self.args, result))
         if extra:
             body.update(extra)
         body["duration_ms"] = ms
-        return self._emit(kind.succeeded, body)
+        return self.rec.emit(
+            self.session_id,
+            kind.succeeded,
+            capture(body, self.opts, keys),
+            self.span_id,
+            self.parent,
+        )
 
     def fail(self, exc: BaseException) -> int:
         ms = (_perf() - self.t0) * 1000
@@ -216,15 +279,6 @@ class _Call:
         return self._emit(kind.failed, body)
 
 
-def _begin(
-    recorded: _Recorded, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
-) -> _Call | None:
-    sess = _session.get()
-    if sess is None:
-        return None
-    return _Call(recorded, sess.id, recorded.bind(instance, args, kwargs))
-
-
 def _auto_session() -> bool:
     return get_recorder().settings.auto_session
 
@@ -235,12 +289,13 @@ def _immediate(call: _Call) -> bool:
 
 def _sync_wrapper(recorded: _Recorded) -> Callable[..., Any]:
     def wrapper(wrapped: Callable[..., Any], instance: Any, args: Any, kwargs: Any) -> Any:
-        call = _begin(recorded, instance, args, kwargs)
-        if call is None:
+        sess = _session.get()
+        if sess is None:
             if not _auto_session():
                 return wrapped(*args, **kwargs)
             with session():
                 return wrapper(wrapped, instance, args, kwargs)
+        call = _Call(recorded, sess.id, recorded.bind(instance, args, kwargs))
         n = call.start()
         if n and _immediate(call):
             call.rec.wait_sync(n)
@@ -296,11 +351,12 @@ def _async_wrapper(recorded: _Recorded) -> Callable[..., Any]:
             return await wrapper(wrapped, instance, args, kwargs)
 
     def wrapper(wrapped: Callable[..., Any], instance: Any, args: Any, kwargs: Any) -> Any:
-        call = _begin(recorded, instance, args, kwargs)
-        if call is None:
+        sess = _session.get()
+        if sess is None:
             if not _auto_session():
                 return wrapped(*args, **kwargs)
             return auto(wrapped, instance, args, kwargs)
+        call = _Call(recorded, sess.id, recorded.bind(instance, args, kwargs))
         return run(call, wrapped, args, kwargs)
 
     return wrapper
@@ -343,11 +399,12 @@ def _gen_wrapper(recorded: _Recorded) -> Callable[..., Any]:
             return (yield from wrapper(wrapped, instance, args, kwargs))
 
     def wrapper(wrapped: Callable[..., Any], instance: Any, args: Any, kwargs: Any) -> Any:
-        call = _begin(recorded, instance, args, kwargs)
-        if call is None:
+        sess = _session.get()
+        if sess is None:
             if not _auto_session():
                 return wrapped(*args, **kwargs)
             return auto(wrapped, instance, args, kwargs)
+        call = _Call(recorded, sess.id, recorded.bind(instance, args, kwargs))
         gen = wrapped(*args, **kwargs) if call.mock is None else _replayed_sync(call.mock.chunks())
         return drive(call, gen)
 
@@ -396,11 +453,12 @@ def _asyncgen_wrapper(recorded: _Recorded) -> Callable[..., Any]:
                 await agen.aclose()
 
     def wrapper(wrapped: Callable[..., Any], instance: Any, args: Any, kwargs: Any) -> Any:
-        call = _begin(recorded, instance, args, kwargs)
-        if call is None:
+        sess = _session.get()
+        if sess is None:
             if not _auto_session():
                 return wrapped(*args, **kwargs)
             return auto(wrapped, instance, args, kwargs)
+        call = _Call(recorded, sess.id, recorded.bind(instance, args, kwargs))
         agen = wrapped(*args, **kwargs) if call.mock is None else _replayed(call.mock.chunks())
         return drive(call, agen)
 
@@ -472,10 +530,6 @@ def _decorate(func: Any, recorded_for: Callable[[Callable[..., Any]], _Recorded]
 # --- the three kinds -----------------------------------------------------------
 
 
-def _tool_outcome(recorded: _Recorded, args: dict[str, Any], result: Any) -> dict[str, Any]:
-    return {"result": result}
-
-
 def _llm_fields(recorded: _Recorded, args: dict[str, Any]) -> dict[str, Any]:
     model = recorded.model
     if model is None:
@@ -512,7 +566,7 @@ def _decision_outcome(recorded: _Recorded, args: dict[str, Any], result: Any) ->
     }
 
 
-TOOL = CallKind("tool", "tool_started", "tool_executed", "tool_failed", "tool", None, _tool_outcome)
+TOOL = CallKind("tool", "tool_started", "tool_executed", "tool_failed", "tool", None, "result")
 LLM = CallKind(
     "llm", "llm_started", "llm_responded", "llm_failed", "name", _llm_fields, _llm_outcome
 )

@@ -225,3 +225,24 @@ def test_captured_bytes_are_canonical():
     for value in values:
         out = capture(value)
         assert out == orjson.dumps(orjson.loads(out), option=orjson.OPT_SORT_KEYS)
+
+
+@pytest.mark.parametrize(
+    "redact", [None, frozenset({"k", "ab"}), frozenset({'a"b', "x"}), frozenset({"a:b"})]
+)
+def test_known_keys_check_agrees_with_the_scan(redact):
+    # Recorded calls pass the payload's keys so capture() can skip scanning the
+    # output; the bytes must be exactly those of the scan, tricky keys included.
+    opts = CaptureOptions() if redact is None else CaptureOptions(redact_keys=redact)
+    keys = ["", "x", "k", "K", "ab", "aB", 'a"b', '"k', 'x"k', "k\\", "a:b", "é", "Api_Key"]
+    keys += ["password", "PASSWORD", 'x"secret', "cookie\n", '"password":']
+    values = [1, "k", '"k":', "password", None, 1.5, True, math.nan, "x" * 30_000]
+    for i, key in enumerate(keys):
+        for j, value in enumerate(values):
+            other = keys[(i + j) % len(keys)]
+            body = {"tool": "t", "args": {key: value, other: values[(j + 1) % len(values)]}}
+            shape = ("tool", "args", key, other)
+            assert capture(body, opts, shape) == capture(body, opts), body
+            result = {"tool": key, "result": value, "duration_ms": 0.5}
+            shape = ("tool", "result", "duration_ms")
+            assert capture(result, opts, shape) == capture(result, opts), result

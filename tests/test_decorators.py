@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import os
 import traceback
 
 import pytest
 
 import agent_trace as at
+from agent_trace.events import new_span_id
 
 
 async def events_of(session_id: str) -> list[at.AgentEvent]:
@@ -583,3 +585,19 @@ def test_reentering_a_session_appends(memory_store):
     events = at.get_events_sync("s-again")
     assert types_of(events) == ["session_started", "note", "session_ended"] * 2
     assert [e.version for e in events] == list(range(1, 7))
+
+
+def test_span_ids_are_unique_hex_and_not_shared_with_a_forked_child():
+    ids = {new_span_id() for _ in range(5000)}
+    assert len(ids) == 5000
+    assert all(len(i) == 16 and int(i, 16) >= 0 for i in ids)
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child must not hand out the parent's unused ids
+        os.write(write, new_span_id().encode())
+        os._exit(0)
+    os.close(write)
+    child = os.read(read, 100).decode()
+    os.waitpid(pid, 0)
+    os.close(read)
+    assert child != new_span_id() and len(child) == 16
