@@ -80,16 +80,17 @@ class WriterProcess:
 
         Raises ``OSError`` if the interpreter cannot be started.
         """
-        env = dict(os.environ)
-        # The child imports agent_trace the way this process did, even when it
-        # came from a path that is not on the default sys.path.
+        # The child finds agent_trace where this process found it, even off the
+        # default sys.path; appended last, so it shadows nothing.
         root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+        bootstrap = (
+            f"import sys; sys.path.append({root!r}); "
+            "from agent_trace.stores.sqlite_writer import main; sys.exit(main())"
+        )
         self._proc = subprocess.Popen(
-            [sys.executable, "-m", "agent_trace.stores.sqlite_writer", *self._args],
+            [sys.executable, "-c", bootstrap, *self._args],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
-            env=env,
             close_fds=True,
             start_new_session=True,
         )
