@@ -312,8 +312,8 @@ class Recorder:
                     self._wake.wait(0.5)
                     continue
                 batch = self._take_batch()
-                if self._writer_proc is None and self._wants_writer_process():
-                    self._start_writer_process()
+                if self._writer_proc is None:
+                    self._maybe_start_writer_process()
                 if in_flight is not None:
                     loop.run_until_complete(in_flight)
                 in_flight = loop.create_task(self._write(batch))
@@ -405,22 +405,19 @@ class Recorder:
 
     # --- writer process (SQLite file stores) ------------------------------------
 
-    def _wants_writer_process(self) -> bool:
+    def _maybe_start_writer_process(self) -> None:
         mode = self._settings.writer_process
         if mode == "never" or self._writer_starts >= _MAX_WRITER_STARTS:
-            return False
+            return
         # "auto": only under sustained load, when a whole batch is already
         # waiting behind the one just taken; a quiet agent never forks one.
         if mode == "auto" and len(self.queue) < self._settings.batch_size:
-            return False
-        return _writer_process_target(self.store()) is not None
-
-    def _start_writer_process(self) -> None:
-        from agent_trace.stores.sqlite_writer import WriterProcess
-
+            return
         store = _writer_process_target(self.store())
         if store is None:
             return
+        from agent_trace.stores.sqlite_writer import WriterProcess
+
         self._writer_starts += 1
         wp = WriterProcess(store.path, store.busy_timeout_ms, store.synchronous)
         try:
@@ -441,7 +438,7 @@ class Recorder:
         elif wp is not None:
             if wp.dead:
                 self._writer_proc = None
-                log.warning("agent_trace: %s; writing in-process", wp._gone())
+                log.warning("agent_trace: %s; writing in-process", wp.gone_message())
             else:
                 if not wp.ready and self._settings.writer_process == "always":
                     # "always" means every batch through the child, the first one too.

@@ -156,16 +156,14 @@ class WriterProcess:
         with self._lock:
             proc = self._proc
             if self._dead or proc is None or proc.stdin is None:
-                raise WriterProcessError(self._gone())
+                raise WriterProcessError(self.gone_message())
             self._pending.append(fut)
             try:
-                proc.stdin.write(_HEADER.pack(len(body)))
-                proc.stdin.write(body)
-                proc.stdin.flush()
+                _send(proc.stdin, body)
             except (OSError, ValueError) as exc:  # EPIPE, or closed under us
                 self._pending.remove(fut)
                 self._dead = True
-                raise WriterProcessError(f"{self._gone()}: {exc}") from exc
+                raise WriterProcessError(f"{self.gone_message()}: {exc}") from exc
         return fut
 
     # --- answers -------------------------------------------------------------------
@@ -210,9 +208,10 @@ class WriterProcess:
             for fut in pending:
                 # Committed or not is unknown: the batch is retried, and its
                 # fixed event ids make a retry of a committed batch a no-op.
-                fut.set_exception(WriterProcessError(self._gone()))
+                fut.set_exception(WriterProcessError(self.gone_message()))
 
-    def _gone(self) -> str:
+    def gone_message(self) -> str:
+        """Why appends through this child can no longer work (for errors and logs)."""
         reason = f" ({self.exit_reason})" if self.exit_reason else ""
         return f"agent_trace writer process {self.pid} for {self.path!r} is gone{reason}"
 
@@ -234,8 +233,13 @@ def _read_frame(stream: IO[bytes]) -> Any:
 
 
 def _write_frame(stream: IO[bytes], value: Any) -> None:
-    body = marshal.dumps(value)
-    stream.write(_HEADER.pack(len(body)) + body)
+    _send(stream, marshal.dumps(value))
+
+
+def _send(stream: IO[bytes], body: bytes) -> None:
+    """One frame: the length, then ``body`` (written as is, not concatenated)."""
+    stream.write(_HEADER.pack(len(body)))
+    stream.write(body)
     stream.flush()
 
 
