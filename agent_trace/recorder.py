@@ -51,6 +51,7 @@ from agent_trace.config import Settings, get_settings
 from agent_trace.events import AgentEvent, format_timestamp, uuid7_many
 from agent_trace.spill import SpillFile
 from agent_trace.stores.base import Captured, events_from_captured
+from agent_trace.stores.sqlite_writer import WriterProcessSkipped
 
 if TYPE_CHECKING:
     from agent_trace.stores.base import EventStore
@@ -100,7 +101,9 @@ class Recorder:
         # Held while the store works on an append: os.fork() waits for it, so
         # a child is never forked while the store holds SQLite's (or a
         # driver's) internal locks, which would stay locked in the child.
-        self._in_store = threading.Lock()
+        # Reentrant: two pipelined appends to the writer process (two tasks
+        # on the writer thread) may hold it at once.
+        self._in_store = threading.RLock()
         self._async_waiters: list[_AsyncWaiter] = []
         self._thread: threading.Thread | None = None
         self._stopping = False
@@ -291,17 +294,20 @@ class Recorder:
     def _run(self) -> None:
         self._warn_about_leftover_spill()
         loop = asyncio.new_event_loop()
-        # At most one append in flight. While the store works on it (in its
-        # own thread or server), this thread seals the next batch; that batch
-        # is appended only after the previous one is durable, so order holds.
-        in_flight: asyncio.Task[None] | None = None
+        # One append in flight, or two through the writer process. While the
+        # store works on one (in its own thread or server), this thread seals
+        # the next batch; that batch is appended only after the previous one
+        # is durable, so order holds. The writer process takes batches in
+        # order and skips those behind a failure (see _write), so there the
+        # next batch already waits in its pipe: the child never idles while
+        # this thread waits for the GIL.
+        in_flight: deque[tuple[asyncio.Task[None], _Batch]] = deque()
         try:
             while True:
                 self._wake.clear()
                 if not self.queue:
-                    if in_flight is not None:
-                        loop.run_until_complete(in_flight)
-                        in_flight = None
+                    if in_flight:
+                        loop.run_until_complete(in_flight.popleft()[0])
                         continue
                     if self._spill_pending and time.monotonic() >= self._next_probe:
                         # Idle with events in the spill: re-append them once the store is back.
@@ -312,15 +318,18 @@ class Recorder:
                     self._wake.wait(0.5)
                     continue
                 batch = self._take_batch()
-                if self._writer_proc is None:
+                wp = self._writer_proc
+                if wp is None:
                     self._maybe_start_writer_process()
-                if in_flight is not None:
-                    loop.run_until_complete(in_flight)
-                in_flight = loop.create_task(self._write(batch))
+                depth = 2 if wp is not None and wp.ready else 1
+                while len(in_flight) >= depth:
+                    loop.run_until_complete(in_flight.popleft()[0])
+                prev = in_flight[-1] if in_flight else None
+                in_flight.append((loop.create_task(self._write(batch, prev)), batch))
                 loop.run_until_complete(asyncio.sleep(0))  # hand the batch to the store
         finally:
-            if in_flight is not None:
-                loop.run_until_complete(in_flight)
+            while in_flight:
+                loop.run_until_complete(in_flight.popleft()[0])
             loop.close()
 
     def _take_batch(self) -> _Batch:
@@ -338,26 +347,49 @@ class Recorder:
             ]
         )
 
-    async def _write(self, batch: _Batch) -> None:
+    async def _write(
+        self, batch: _Batch, prev: tuple[asyncio.Task[None], _Batch] | None = None
+    ) -> None:
+        """Append ``batch`` (retrying, or spilling) after ``prev``, the batch before it."""
         delay = _FIRST_BACKOFF
         while True:
+            behind = None  # (writer, epoch): straight into its pipe, behind prev
+            if prev is not None and not prev[0].done():
+                behind = self._pipelined_behind(prev[1])
+                if behind is None:
+                    await prev[0]  # the batch before settles first: order holds
             if (
-                self._spill_pending
+                behind is None
+                and self._spill_pending
                 and time.monotonic() < self._next_probe
                 and self._spill(batch.events)
             ):
                 break  # the store failed a moment ago: do not wait on it for every batch
             try:
-                store = self.store()
                 with self._in_store:
-                    if self._spill_pending:
-                        await self._drain_spill(store)  # earlier batches first: order holds
-                    append_captured = self._appender(store)
-                    if append_captured is not None:
-                        await append_captured(batch.items)
+                    if behind is None:
+                        store = self.store()
+                        if self._spill_pending:
+                            await self._drain_spill(store)  # earlier batches first: order holds
+                        wp = self._ready_writer()
+                        if wp is not None:
+                            behind = (wp, wp.epoch)
+                    if behind is not None:
+                        batch.sent_to = behind
+                        await behind[0].append_captured(batch.items, behind[1])
                     else:
-                        await store.append(batch.events)
+                        append_captured = _captured_appender(store)
+                        if append_captured is not None:
+                            await append_captured(batch.items)
+                        else:
+                            await store.append(batch.events)
+            except WriterProcessSkipped:
+                # Sent behind a batch that failed: resent once that one is through.
+                batch.sent_to = None
+                self._retried += 1
+                continue
             except Exception as exc:
+                batch.sent_to = None
                 self._retried += 1
                 self._failures += 1
                 self._last_error = f"{type(exc).__name__}: {exc}"
@@ -387,6 +419,8 @@ class Recorder:
                 self._outage_since = None
                 log.warning("agent_trace: store is back; %d events written after retry", len(batch))
             break
+        if prev is not None:
+            await prev[0]  # _written counts a prefix of the queue order
         if not batch:
             return
         self._batches += 1
@@ -430,8 +464,20 @@ class Recorder:
             return
         self._writer_proc = wp
 
-    def _appender(self, store: EventStore) -> Any:
-        """Where this batch goes: the writer process if it is up, else the store."""
+    def _pipelined_behind(self, prev: _Batch) -> tuple[WriterProcess, int] | None:
+        """Where a batch may go while ``prev`` is in flight: into the same
+        writer process's pipe, in the same epoch, if ``prev`` went there and
+        nothing has failed since (the child then skips this one); else None."""
+        sent = prev.sent_to
+        if sent is None:
+            return None
+        wp, epoch = sent
+        if wp is not self._writer_proc or not wp.ready or wp.epoch != epoch:
+            return None
+        return sent
+
+    def _ready_writer(self) -> WriterProcess | None:
+        """The writer process if this batch should go through it, else None (in-process)."""
         wp = self._writer_proc
         if wp is not None and self._settings.writer_process == "never":
             self._stop_writer_process(self._settings.exit_timeout)  # configure() turned it off
@@ -444,7 +490,7 @@ class Recorder:
                     # "always" means every batch through the child, the first one too.
                     wp.wait_ready(_WRITER_READY_TIMEOUT)
                 if wp.ready:
-                    return wp.append_captured
+                    return wp
                 if wp.age() > _WRITER_READY_TIMEOUT:
                     # Alive but silent: sys.executable is not a Python that can run it.
                     log.warning(
@@ -455,7 +501,7 @@ class Recorder:
                     )
                     self._writer_starts = _MAX_WRITER_STARTS
                     self._stop_writer_process(1.0)
-        return _captured_appender(store)
+        return None
 
     def _stop_writer_process(self, timeout: float | None) -> None:
         wp, self._writer_proc = self._writer_proc, None
@@ -647,11 +693,13 @@ class _Batch:
     """Events taken off the queue together: captured tuples (with id and
     timestamp), and the same as ``AgentEvent``s, built only if asked for."""
 
-    __slots__ = ("_events", "items")
+    __slots__ = ("_events", "items", "sent_to")
 
     def __init__(self, items: list[Captured]) -> None:
         self.items = items
         self._events: list[AgentEvent] | None = None
+        # (writer process, epoch) while the batch is in that child's pipe.
+        self.sent_to: tuple[WriterProcess, int] | None = None
 
     def __len__(self) -> int:
         return len(self.items)

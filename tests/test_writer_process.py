@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import sqlite3
@@ -16,9 +17,11 @@ import pytest
 
 import agent_trace as at
 from agent_trace.config import Settings
+from agent_trace.events import format_timestamp, uuid7_many
 from agent_trace.integrity import verify_store
 from agent_trace.recorder import get_recorder
 from agent_trace.stores import SQLiteStore
+from agent_trace.stores.sqlite_writer import WriterProcess, WriterProcessError, WriterProcessSkipped
 
 
 @pytest.fixture
@@ -115,6 +118,80 @@ async def test_store_errors_in_the_child_are_retried(tmp_path):
         at.configure(
             writer_process="auto", spill_path=Settings().spill_path, flush_on_session_end=True
         )
+
+
+async def test_pipelined_batches_keep_their_order_through_child_errors(tmp_path):
+    store = SQLiteStore(tmp_path / "pipelined.db", busy_timeout_ms=100)
+    # Small batches, so several wait in the child's pipe behind one that fails.
+    at.configure(
+        store=store,
+        writer_process="always",
+        batch_size=40,
+        spill_path=None,
+        flush_on_session_end=False,
+    )
+    try:
+        async with at.session("wp-order-warm"):
+            pass
+        assert await at.flush(timeout=10)
+        blocker = sqlite3.connect(store.path, isolation_level=None, timeout=0)
+        blocker.execute("BEGIN IMMEDIATE")
+        try:
+            async with at.session("wp-order"):
+                for i in range(1000):
+                    at.emit("tick", {"i": i})
+            # Release the lock as soon as the first batch has failed: batches
+            # sent behind it must not commit before its retry.
+            deadline = time.monotonic() + 10
+            while at.stats()["store_failures"] < 1 and time.monotonic() < deadline:
+                await asyncio.sleep(0.001)
+            assert at.stats()["store_failures"] >= 1
+        finally:
+            blocker.execute("ROLLBACK")
+            blocker.close()
+        assert await at.flush(timeout=30)
+        events = await at.get_events("wp-order")
+        assert [e.version for e in events] == list(range(1, 1003))
+        assert [e.payload["i"] for e in events[1:-1]] == list(range(1000))
+        assert (await verify_store(store)).ok
+    finally:
+        at.flush_sync(timeout=10)
+        at.configure(
+            writer_process="auto",
+            batch_size=5_000,
+            spill_path=Settings().spill_path,
+            flush_on_session_end=True,
+        )
+
+
+def _captured(n: int, session_id: str) -> list[tuple]:
+    ids = uuid7_many([time.time_ns()] * n)
+    stamp = format_timestamp(time.time_ns())
+    return [(ids[i], session_id, "tick", stamp, b'{"i":%d}' % i, None, None, 1) for i in range(n)]
+
+
+def test_the_child_skips_batches_sent_behind_a_failed_one(tmp_path):
+    path = str(tmp_path / "epochs.db")
+    wp = WriterProcess(path, 1000, "NORMAL")
+    wp.start()
+    try:
+        assert wp.wait_ready(10)
+        epoch = wp.epoch
+        broken = [("not", "a", "captured", "tuple")]
+        failed = wp.submit(broken, epoch)
+        behind = wp.submit(_captured(3, "wp-epoch"), epoch)
+        with pytest.raises(WriterProcessError, match="ValueError"):
+            failed.result(10)
+        with pytest.raises(WriterProcessSkipped):
+            behind.result(10)
+        assert wp.epoch == epoch + 1
+        # Resent in the new epoch, in order: it goes through.
+        assert wp.submit(_captured(3, "wp-epoch")).result(10) == 3
+    finally:
+        wp.close()
+    with sqlite3.connect(path) as conn:
+        rows = conn.execute("SELECT version FROM events WHERE session_id = 'wp-epoch'").fetchall()
+    assert rows == [(1,), (2,), (3,)]
 
 
 async def test_auto_starts_a_writer_only_under_sustained_load(tmp_path):

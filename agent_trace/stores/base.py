@@ -265,7 +265,6 @@ def event_from_row(row: Sequence[Any], raw: bool = False) -> AgentEvent:
     return upcasting.upcast(ev)
 
 
-
 def events_from_rows(rows: Iterable[Sequence[Any]], raw: bool = False) -> list[AgentEvent]:
     """:func:`event_from_row` over many rows (a page of ``read_all``).
 
@@ -279,6 +278,7 @@ def events_from_rows(rows: Iterable[Sequence[Any]], raw: bool = False) -> list[A
         make(r[0], r[1], r[2], r[3], loads(r[4]), r[5], r[6], r[7], r[8], r[9], r[10], r[11])
         for r in rows
     ]
+
 
 def event_types_filter(event_types: Iterable[str] | None) -> frozenset[str] | None:
     """``None`` (no filter) or the set of wanted types; an empty set matches nothing."""

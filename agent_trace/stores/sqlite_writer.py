@@ -16,6 +16,14 @@ or ``("error", type, message)``. An answer means committed (or not): a batch
 is acknowledged only after its ``COMMIT``. The event ids are fixed before a
 batch is sent, so a batch resent after the child died duplicates nothing.
 
+Batches are pipelined: the next one waits in the pipe while the child works,
+so the child never idles waiting for the recording process's threads to get
+the GIL back. Each frame carries an epoch. After a batch fails, the child
+answers ``("skipped",)`` to every later frame of that epoch: a batch sent
+behind a failed one must not commit before the failed one's retry, or a
+session's events would change order. The parent starts a new epoch when it
+reads the error, and resends in order.
+
 The child ignores SIGINT and SIGTERM and runs in its own session: the
 recording process decides when to stop, flushing first. It exits when its
 stdin closes — on ``close()``, or when the recording process dies (SIGKILL
@@ -44,7 +52,7 @@ from typing import IO, Any
 
 from agent_trace.stores.base import Captured, StoreError
 
-__all__ = ["WriterProcess", "main"]
+__all__ = ["WriterProcess", "WriterProcessError", "WriterProcessSkipped", "main"]
 
 log = logging.getLogger("agent_trace")
 
@@ -58,6 +66,10 @@ class WriterProcessError(StoreError):
     """The writer process could not append a batch (or is gone)."""
 
 
+class WriterProcessSkipped(WriterProcessError):
+    """Not attempted: a batch ahead of it in the same epoch failed. Resend it after that one."""
+
+
 class WriterProcess:
     """The recording process's handle on one writer child for one SQLite file."""
 
@@ -69,6 +81,7 @@ class WriterProcess:
         self._lock = threading.Lock()  # one frame at a time; pairs sends with _pending
         self._ready = threading.Event()
         self._dead = False
+        self._epoch = 0  # advanced (under _lock) each time the child reports an error
         self.pid: int | None = None
         self.exit_reason: str | None = None
         self._started: float | None = None
@@ -119,6 +132,11 @@ class WriterProcess:
     def dead(self) -> bool:
         return self._dead
 
+    @property
+    def epoch(self) -> int:
+        """The epoch new batches go in; a batch of an older one is skipped if that one failed."""
+        return self._epoch
+
     def close(self, timeout: float | None = 10.0) -> None:
         """Let the child finish what it holds and exit (closes its stdin)."""
         proc = self._proc
@@ -143,15 +161,22 @@ class WriterProcess:
 
     # --- appending ---------------------------------------------------------------
 
-    async def append_captured(self, items: Sequence[Captured]) -> int:
+    async def append_captured(self, items: Sequence[Captured], epoch: int | None = None) -> int:
         """Append ``items`` through the child: the store's ``append_captured``."""
         if not items:
             return 0
-        return await asyncio.wrap_future(self.submit(items))
+        return await asyncio.wrap_future(self.submit(items, epoch))
 
-    def submit(self, items: Sequence[Captured]) -> concurrent.futures.Future[int]:
-        """Send one batch; the future resolves once the child has committed it."""
-        body = marshal.dumps(list(items))
+    def submit(
+        self, items: Sequence[Captured], epoch: int | None = None
+    ) -> concurrent.futures.Future[int]:
+        """Send one batch; the future resolves once the child has committed it.
+
+        ``epoch``: the epoch of the batch this one was sent behind (default: the
+        current one). If that epoch has seen a failure, the child skips this
+        batch and the future raises :class:`WriterProcessSkipped`.
+        """
+        body = marshal.dumps((self._epoch if epoch is None else epoch, list(items)))
         fut: concurrent.futures.Future[int] = concurrent.futures.Future()
         with self._lock:
             proc = self._proc
@@ -189,7 +214,11 @@ class WriterProcess:
                     break  # an answer nobody asked for: the stream is out of step
                 if answer[0] == "ok":
                     fut.set_result(answer[1])
+                elif answer[0] == "skipped":
+                    fut.set_exception(WriterProcessSkipped("skipped behind a failed batch"))
                 else:
+                    with self._lock:
+                        self._epoch += 1  # before the sender can see the failure
                     fut.set_exception(WriterProcessError(f"{answer[1]}: {answer[2]}"))
         except (OSError, ValueError, EOFError) as exc:
             self.exit_reason = f"{type(exc).__name__}: {exc}"
@@ -285,13 +314,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             _write_frame(out, ("failed", f"{type(exc).__name__}: {exc}"))
             return 1
         _write_frame(out, ("ready", os.getpid()))
+        failed_epoch = None
         while True:
-            items = _read_frame(inp)
-            if items is None:
+            frame = _read_frame(inp)
+            if frame is None:
                 return 0
+            epoch, items = frame
+            if epoch == failed_epoch:
+                _write_frame(out, ("skipped",))
+                continue
             try:
                 n = _append(db, items)
             except Exception as exc:
+                failed_epoch = epoch
                 _write_frame(out, ("error", type(exc).__name__, str(exc)))
             else:
                 _write_frame(out, ("ok", n))
