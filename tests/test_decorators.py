@@ -97,6 +97,65 @@ async def test_async_tool_events_and_payloads(memory_store):
     assert [e.version for e in events] == [1, 2, 3, 4]
 
 
+@at.record_tool
+async def plain_tool(a: int, b: str = "x") -> int:
+    return a
+
+
+@at.record_tool
+async def nested_tool(items: list, *, flag: bool = False) -> dict:
+    return {"n": len(items), "inner": await plain_tool(len(items))}
+
+
+@at.record_tool(capture_args=False, capture_result=False)
+async def quiet_tool(secret: str) -> str:
+    return secret
+
+
+@at.record_tool
+async def broken_tool(x: int) -> int:
+    raise ValueError(f"bad {x}")
+
+
+async def _record_each_shape(session_id: str) -> None:
+    async with at.session(session_id):
+        await plain_tool(1)
+        await plain_tool(2, b="y")
+        await nested_tool([1, {"k": None}], flag=True)
+        await quiet_tool("hunter2")
+        with pytest.raises(ValueError):
+            await broken_tool(3)
+
+
+def _shape(events: list[at.AgentEvent]) -> list[tuple]:
+    """Events without ids, times and durations; spans as indexes of first use."""
+    spans: dict[str | None, int | None] = {None: None}
+    out = []
+    for e in events:
+        for span in (e.span_id, e.parent_span_id):
+            spans.setdefault(span, len(spans))
+        payload = {k: v for k, v in e.payload.items() if k != "duration_ms"}
+        out.append((e.event_type, payload, spans[e.span_id], spans[e.parent_span_id]))
+    return out
+
+
+async def test_the_fast_async_path_records_what_the_general_path_does(memory_store):
+    # "batched" takes the fast path for async tools; "immediate" the general one.
+    await _record_each_shape("s-fast")
+    at.configure(durability="immediate")
+    try:
+        await _record_each_shape("s-general")
+    finally:
+        at.configure(durability="batched")
+    fast, general = await events_of("s-fast"), await events_of("s-general")
+    assert _shape(fast) == _shape(general)
+    assert len(fast) == 2 + 2 * 6
+    assert fast[1].payload == {"tool": "plain_tool", "args": {"a": 1, "b": "x"}}
+    assert fast[9].payload == {"tool": "quiet_tool", "args": None}
+    assert fast[10].payload["result"] is None
+    assert fast[-2].payload["error"] == "bad 3"
+
+
 async def test_defaults_are_bound_into_args(memory_store):
     async with at.session("s-defaults"):
         await async_tool("q")
