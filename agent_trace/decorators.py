@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import inspect
 import time
+import types
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar, overload
@@ -579,6 +580,21 @@ _DISPATCH = (
 )
 
 
+class _PlainFunctionWrapper(wrapt.FunctionWrapper):
+    """A ``FunctionWrapper`` for a plain function, called directly.
+
+    wrapt's own ``__call__`` first looks up ``__self__`` on the wrapped
+    function, in case it is a bound method; on a plain function that raises
+    and clears an AttributeError on every call, about 0.35 µs. A plain
+    function has no ``__self__``, so the outcome is known: no instance.
+    Methods are unaffected: wrapt binds them through ``__get__`` into a
+    ``BoundFunctionWrapper``, which has its own ``__call__``.
+    """
+
+    def __call__(self, /, *args: Any, **kwargs: Any) -> Any:
+        return self._self_wrapper(self.__wrapped__, None, args, kwargs)
+
+
 def _decorate(func: Any, recorded_for: Callable[[Callable[..., Any]], _Recorded]) -> Any:
     target = func.__func__ if isinstance(func, (classmethod, staticmethod)) else func
     if not callable(target):
@@ -589,7 +605,9 @@ def _decorate(func: Any, recorded_for: Callable[[Callable[..., Any]], _Recorded]
         if test(target):
             make = maker
             break
-    return wrapt.FunctionWrapper(func, make(recorded))
+    plain = type(func) is types.FunctionType and "__self__" not in func.__dict__
+    wrapper_type = _PlainFunctionWrapper if plain else wrapt.FunctionWrapper
+    return wrapper_type(func, make(recorded))
 
 
 # --- the three kinds -----------------------------------------------------------

@@ -315,6 +315,29 @@ def test_introspection_is_preserved():
     assert async_tool.__wrapped__.__name__ == "async_tool"
 
 
+def test_plain_functions_take_any_argument_name_and_still_bind_as_methods(memory_store):
+    @at.record_tool
+    def takes_self(self: int, /, other: int = 0, **kw: int) -> tuple:
+        return (self, other, kw)
+
+    @at.record_tool
+    def named_self(self: int) -> int:
+        return self
+
+    class Holder:
+        method = at.record_tool(lambda self, x: (type(self).__name__, x))
+
+    with at.session("s-plain"):
+        assert takes_self(1, other=2, self=3) == (1, 2, {"self": 3})
+        assert named_self(self=5) == 5
+        assert Holder().method(7) == ("Holder", 7)
+        assert Holder.method(Holder(), 8) == ("Holder", 8)
+    events = at.get_events_sync("s-plain")
+    called = [e.payload for e in events if e.event_type == "tool_started"]
+    assert called[1]["args"] == {"self": 5}
+    assert called[2]["args"] == {"x": 7} and called[3]["args"] == {"x": 8}
+
+
 async def test_same_return_object_and_same_exception(memory_store):
     sentinel = object()
 
