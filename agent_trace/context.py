@@ -78,9 +78,11 @@ def emit(event_type: str, payload: dict[str, Any] | None = None) -> None:
     rec = get_recorder()
     span = _span.get()
     span_id, parent = span if span is not None else (None, None)
-    n = rec.emit(sess.id, event_type, capture(payload or {}, rec.settings.capture), span_id, parent)
-    if rec.settings.durability == "immediate":
-        rec.wait_sync(n)
+    payload_json = capture(payload or {}, rec.capture_options)
+    if rec.immediate:
+        rec.wait_sync(rec.emit(sess.id, event_type, payload_json, span_id, parent))
+    else:
+        rec.enqueue(sess.id, event_type, payload_json, span_id, parent)
 
 
 class session:

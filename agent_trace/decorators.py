@@ -361,7 +361,7 @@ def _async_wrapper(recorded: _Recorded) -> Callable[..., Any]:
                 keys = None
                 break
         body = {name_key: name, "args": bound if capture_args else None}
-        rec.emit(session_id, started, capture(body, opts, keys), span_id, parent)
+        rec.enqueue(session_id, started, capture(body, opts, keys), span_id, parent)
         t0 = _perf()
         token = _span.set((span_id, parent))
         try:
@@ -369,14 +369,14 @@ def _async_wrapper(recorded: _Recorded) -> Callable[..., Any]:
         except BaseException as exc:
             _span.reset(token)
             body = _failure(recorded, None, exc, t0)
-            rec.emit(session_id, kind.failed, capture(body, opts), span_id, parent)
+            rec.enqueue(session_id, kind.failed, capture(body, opts), span_id, parent)
             raise
         _span.reset(token)
         ms = (_perf() - t0) * 1000
         value = result if capture_result else None
         body = {name_key: name, outcome: value, "duration_ms": ms}
         keys = result_keys if type(value) in _PLAIN else None
-        rec.emit(session_id, succeeded, capture(body, opts, keys), span_id, parent)
+        rec.enqueue(session_id, succeeded, capture(body, opts, keys), span_id, parent)
         return result
 
     async def run(call: _Call, wrapped: Callable[..., Any], args: Any, kwargs: Any) -> Any:

@@ -81,11 +81,13 @@ class Recorder:
 
     def __init__(self, settings: Settings | None = None) -> None:
         self._adopt(settings or get_settings())
-        self._lock = threading.Lock()  # guards queue appends and _enqueued
+        # Taken by the writer to pop a batch and count it in _taken, and by
+        # whoever needs _taken + len(queue) exact: the events ever queued.
+        self._lock = threading.Lock()
         self._changed = threading.Condition(threading.Lock())  # written / room changes
         self._wake = threading.Event()
         self.queue: deque[Pending] = deque()
-        self._enqueued = 0  # events ever appended to _queue
+        self._taken = 0  # events the writer has popped off the queue
         self._written = 0  # events durable in the store (a prefix of the queue order)
         self._retried = 0
         self._batches = 0
@@ -122,6 +124,30 @@ class Recorder:
 
     # --- caller side -------------------------------------------------------
 
+    def enqueue(
+        self,
+        session_id: str,
+        event_type: str,
+        payload_json: bytes,
+        span_id: str | None = None,
+        parent_span_id: str | None = None,
+        schema_version: int = 1,
+    ) -> None:
+        """Queue one event; :meth:`flush` covers it from now on."""
+        # payload_json comes from capture(), already an exact-size copy.
+        queue = self.queue
+        if len(queue) >= self.max_buffer:
+            self._wait_for_room()
+        # No lock: deque.append is atomic, and the writer pops under _lock,
+        # which is all an exact count (emitted()) needs.
+        queue.append(
+            (_now(), session_id, event_type, payload_json, span_id, parent_span_id, schema_version)
+        )
+        if len(queue) == 1:
+            if self._thread is None:
+                self._start()
+            self._wake.set()
+
     def emit(
         self,
         session_id: str,
@@ -131,34 +157,14 @@ class Recorder:
         parent_span_id: str | None = None,
         schema_version: int = 1,
     ) -> int:
-        """Queue one event; returns the count to wait for to see it durable."""
-        # payload_json comes from capture(), already an exact-size copy.
-        queue = self.queue
-        if len(queue) >= self.max_buffer:
-            self._wait_for_room()
-        item = (
-            _now(),
-            session_id,
-            event_type,
-            payload_json,
-            span_id,
-            parent_span_id,
-            schema_version,
-        )
-        # What `with self._lock:` does (the threading docs' own equivalent),
-        # minus the two bound-method lookups: about 0.1 µs less per event.
-        lock = self._lock
-        lock.acquire()
-        try:
-            queue.append(item)
-            n = self._enqueued = self._enqueued + 1
-        finally:
-            lock.release()
-        if len(queue) == 1:
-            if self._thread is None:
-                self._start()
-            self._wake.set()
-        return n
+        """:meth:`enqueue`, returning the count to wait for to see the event durable."""
+        self.enqueue(session_id, event_type, payload_json, span_id, parent_span_id, schema_version)
+        return self.emitted()
+
+    def emitted(self) -> int:
+        """Events ever queued (so far): wait for this count to see them all durable."""
+        with self._lock:
+            return self._taken + len(self.queue)
 
     def is_full(self) -> bool:
         """True when the next emit would wait for room."""
@@ -216,9 +222,9 @@ class Recorder:
     def stats(self) -> dict[str, Any]:
         """Counters since the process started."""
         return {
-            "emitted": self._enqueued,
+            "emitted": (emitted := self.emitted()),
             "written": self._written - self._spill_pending,
-            "buffered": self._enqueued - self._written,
+            "buffered": emitted - self._written,
             "retried": self._retried,
             "spilled": self._spilled,
             "spill_pending": self._spill_pending,
@@ -273,10 +279,10 @@ class Recorder:
             self._close_store(old)
 
     def flush_sync(self, timeout: float | None = None) -> bool:
-        return self.wait_sync(self._enqueued, timeout)
+        return self.wait_sync(self.emitted(), timeout)
 
     async def flush(self, timeout: float | None = None) -> bool:
-        return await self.wait(self._enqueued, timeout)
+        return await self.wait(self.emitted(), timeout)
 
     # --- writer thread -----------------------------------------------------
 
@@ -336,7 +342,9 @@ class Recorder:
         q = self.queue
         n = min(len(q), self._settings.batch_size)
         popleft = q.popleft
-        items = [popleft() for _ in range(n)]
+        with self._lock:
+            items = [popleft() for _ in range(n)]
+            self._taken += n
         with self._changed:
             self._changed.notify_all()  # room for emitters waiting on a full buffer
         ids = uuid7_many([item[0] for item in items])
@@ -591,7 +599,7 @@ class Recorder:
         if not ok:
             log.error(
                 "agent_trace: %d events could not be written before exit (last error: %s)",
-                self._enqueued - self._written,
+                self.emitted() - self._written,
                 self._last_error,
             )
         self._stopping = True

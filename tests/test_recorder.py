@@ -255,6 +255,37 @@ def test_stats_counts(memory_store):
     assert set(after) >= {"emitted", "written", "retried", "spilled", "buffered"}
 
 
+def test_counts_and_flushes_stay_exact_with_threads_queueing_at_once(memory_store):
+    # Events are queued without a lock; the writer pops under one. A flush
+    # from any thread must still cover every event queued before it.
+    before = at.stats()["emitted"]
+    recorded = at.record_tool(lambda i: i)
+    done: list[int] = []
+
+    def work(t: int) -> None:
+        with at.session(f"r-count-{t}"):
+            for i in range(1500):
+                at.emit("tick", {"i": i})
+                recorded(i)
+                if i % 500 == 499:
+                    assert at.flush_sync(timeout=10)
+                    # Everything this thread queued so far is in the store.
+                    events = at.get_events_sync(f"r-count-{t}", store=memory_store)
+                    assert len(events) == 1 + 3 * (i + 1)
+        done.append(t)
+
+    threads = [threading.Thread(target=work, args=(t,)) for t in range(6)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert sorted(done) == list(range(6))
+    assert at.flush_sync(timeout=10)
+    after = at.stats()
+    assert after["emitted"] - before == 6 * (2 + 3 * 1500)
+    assert after["buffered"] == 0
+
+
 def test_configure_rejects_unknown_scheme_and_options():
     with pytest.raises(ValueError, match=r"nosuch://user:\*\*\*@host"):
         at.configure(store="nosuch://user:hunter2@host/db")
