@@ -164,6 +164,45 @@ async def test_pipelined_batches_keep_their_order_through_child_errors(tmp_path)
         )
 
 
+def test_the_wal_stays_bounded_and_reaches_the_database_file(tmp_path):
+    path = str(tmp_path / "wal.db")
+    wp = WriterProcess(path, 1000, "NORMAL")
+    wp.start()
+    try:
+        assert wp.wait_ready(10)
+        pad = "x" * 400
+        ids = uuid7_many([time.time_ns()] * 60_000)
+        stamp = format_timestamp(time.time_ns())
+        futures = [
+            wp.submit(
+                [
+                    (
+                        ids[i],
+                        f"wal-{i % 7}",
+                        "tick",
+                        stamp,
+                        b'{"pad":"%s"}' % pad.encode(),
+                        None,
+                        None,
+                        1,
+                    )
+                    for i in range(start, start + 2_000)
+                ]
+            )
+            for start in range(0, 60_000, 2_000)
+        ]
+        assert sum(f.result(30) for f in futures) == 60_000
+        # Data of ~60,000 x 700 bytes: most of it is in the database file by
+        # now (checkpointed beside the inserts), and the WAL never held it all.
+        wal = os.path.getsize(path + "-wal")
+        assert wal < 24 * 2**20, wal
+        assert os.path.getsize(path) > 20 * 2**20
+    finally:
+        wp.close()
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("SELECT COUNT(*) FROM events").fetchone() == (60_000,)
+
+
 def _captured(n: int, session_id: str) -> list[tuple]:
     ids = uuid7_many([time.time_ns()] * n)
     stamp = format_timestamp(time.time_ns())
