@@ -220,16 +220,32 @@ def seal_rows(
     return seal_captured(captured_from_events(events), heads, first_position)
 
 
+ROW_WIDTH = 12  # values per sealed row
+
+
 def seal_captured(
     items: Iterable[Captured],
     heads: dict[str, tuple[int, str]],
     first_position: int,
 ) -> list[tuple[Any, ...]]:
     """:func:`seal_rows` for captured tuples: the stores' hot path, no JSON work."""
+    flat = seal_captured_flat(items, heads, first_position)
+    # The same iterator ROW_WIDTH times: zip takes consecutive groups.
+    return list(zip(*[iter(flat)] * ROW_WIDTH, strict=True))
+
+
+def seal_captured_flat(
+    items: Iterable[Captured],
+    heads: dict[str, tuple[int, str]],
+    first_position: int,
+) -> list[Any]:
+    """:func:`seal_captured`'s rows laid end to end, ``ROW_WIDTH`` values each:
+    the parameters of a multi-row INSERT, with no per-row tuple to unpack again."""
     sha256 = hashlib.sha256
     get_head = heads.get
     genesis = (0, GENESIS_HASH)
-    rows = []
+    flat: list[Any] = []
+    extend = flat.extend
     position = first_position
     for eid, sid, etype, ts, pj, span, parent, sv in items:
         version, prev = get_head(sid, genesis)
@@ -237,11 +253,11 @@ def seal_captured(
         canonical = canonical_from_fields(eid, etype, parent, pj, prev, sv, sid, span, ts, version)
         digest = sha256(prev.encode() + canonical).hexdigest()
         heads[sid] = (version, digest)
-        rows.append(
+        extend(
             (eid, sid, etype, ts, pj.decode(), version, position, span, parent, sv, prev, digest)
         )
         position += 1
-    return rows
+    return flat
 
 
 def event_from_row(row: Sequence[Any], raw: bool = False) -> AgentEvent:

@@ -34,6 +34,7 @@ import orjson
 
 from agent_trace.events import AgentEvent
 from agent_trace.stores.base import (
+    ROW_WIDTH,
     Captured,
     SessionInfo,
     StoreError,
@@ -44,7 +45,7 @@ from agent_trace.stores.base import (
     event_types_filter,
     events_from_rows,
     projection_conflict,
-    seal_captured,
+    seal_captured_flat,
     session_metadata,
     unique_captured,
 )
@@ -445,7 +446,7 @@ def _append(db: sqlite3.Connection, items: list[Captured]) -> int:
             for sid, version, digest in db.execute(sql, chunk):
                 heads[sid] = (version, digest)
         (last_position,) = db.execute("SELECT MAX(position) FROM events").fetchone()
-        _insert(db, seal_captured(new, heads, (last_position or 0) + 1))
+        _insert(db, seal_captured_flat(new, heads, (last_position or 0) + 1))
         db.execute("COMMIT")
     except BaseException:
         if db.in_transaction:
@@ -454,13 +455,15 @@ def _append(db: sqlite3.Connection, items: list[Captured]) -> int:
     return len(new)
 
 
-def _insert(db: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> None:
-    n = _ROWS_PER_INSERT
-    full = len(rows) - len(rows) % n
-    for i in range(0, full, n):
-        db.execute(_INSERT_BLOCK, [v for row in rows[i : i + n] for v in row])
-    if full < len(rows):
-        db.executemany(_INSERT, rows[full:])
+def _insert(db: sqlite3.Connection, flat: list[Any]) -> None:
+    """Insert sealed rows given end to end (see ``seal_captured_flat``)."""
+    block = _ROWS_PER_INSERT * ROW_WIDTH
+    full = len(flat) - len(flat) % block
+    for i in range(0, full, block):
+        db.execute(_INSERT_BLOCK, flat[i : i + block])
+    if full < len(flat):
+        rest = iter(flat[full:])
+        db.executemany(_INSERT, zip(*[rest] * ROW_WIDTH, strict=True))
 
 
 def _get_events(
