@@ -164,73 +164,60 @@ async def test_pipelined_batches_keep_their_order_through_child_errors(tmp_path)
         )
 
 
-def test_the_wal_stays_bounded_and_reaches_the_database_file(tmp_path):
-    path = str(tmp_path / "wal.db")
-    wp = WriterProcess(path, 1000, "NORMAL")
+@pytest.fixture
+def child(tmp_path):
+    """A writer process for a fresh SQLite file, ready for batches."""
+    wp = WriterProcess(str(tmp_path / "child.db"), 1000, "NORMAL")
     wp.start()
     try:
         assert wp.wait_ready(10)
-        pad = "x" * 400
-        ids = uuid7_many([time.time_ns()] * 60_000)
-        stamp = format_timestamp(time.time_ns())
-        futures = [
-            wp.submit(
-                [
-                    (
-                        ids[i],
-                        f"wal-{i % 7}",
-                        "tick",
-                        stamp,
-                        b'{"pad":"%s"}' % pad.encode(),
-                        None,
-                        None,
-                        1,
-                    )
-                    for i in range(start, start + 2_000)
-                ]
-            )
-            for start in range(0, 60_000, 2_000)
-        ]
-        assert sum(f.result(30) for f in futures) == 60_000
-        # Data of ~60,000 x 700 bytes: most of it is in the database file by
-        # now (checkpointed beside the inserts), and the WAL never held it all.
-        wal = os.path.getsize(path + "-wal")
-        assert wal < 24 * 2**20, wal
-        assert os.path.getsize(path) > 20 * 2**20
+        yield wp
     finally:
         wp.close()
-    with sqlite3.connect(path) as conn:
-        assert conn.execute("SELECT COUNT(*) FROM events").fetchone() == (60_000,)
 
 
-def _captured(n: int, session_id: str) -> list[tuple]:
+def _captured(n: int, sessions: int = 1, pad: str = "") -> list[tuple]:
+    """``n`` captured events spread over ``sessions`` sessions (``wp-0`` ...)."""
     ids = uuid7_many([time.time_ns()] * n)
     stamp = format_timestamp(time.time_ns())
-    return [(ids[i], session_id, "tick", stamp, b'{"i":%d}' % i, None, None, 1) for i in range(n)]
+    body = b'{"i":%d,"pad":"' + pad.encode() + b'"}'
+    return [
+        (ids[i], f"wp-{i % sessions}", "tick", stamp, body % i, None, None, 1) for i in range(n)
+    ]
 
 
-def test_the_child_skips_batches_sent_behind_a_failed_one(tmp_path):
-    path = str(tmp_path / "epochs.db")
-    wp = WriterProcess(path, 1000, "NORMAL")
-    wp.start()
-    try:
-        assert wp.wait_ready(10)
-        epoch = wp.epoch
-        broken = [("not", "a", "captured", "tuple")]
-        failed = wp.submit(broken, epoch)
-        behind = wp.submit(_captured(3, "wp-epoch"), epoch)
-        with pytest.raises(WriterProcessError, match="ValueError"):
-            failed.result(10)
-        with pytest.raises(WriterProcessSkipped):
-            behind.result(10)
-        assert wp.epoch == epoch + 1
-        # Resent in the new epoch, in order: it goes through.
-        assert wp.submit(_captured(3, "wp-epoch")).result(10) == 3
-    finally:
-        wp.close()
+def _versions(path: str, session_id: str) -> list[int]:
     with sqlite3.connect(path) as conn:
-        rows = conn.execute("SELECT version FROM events WHERE session_id = 'wp-epoch'").fetchall()
-    assert rows == [(1,), (2,), (3,)]
+        sql = "SELECT version FROM events WHERE session_id = ? ORDER BY version"
+        return [v for (v,) in conn.execute(sql, (session_id,))]
+
+
+def test_the_wal_stays_bounded_and_reaches_the_database_file(child):
+    events = _captured(60_000, sessions=7, pad="x" * 400)
+    futures = [child.submit(events[i : i + 2_000]) for i in range(0, 60_000, 2_000)]
+    assert sum(f.result(30) for f in futures) == 60_000
+    # Data of ~60,000 x 700 bytes: most of it is in the database file by now
+    # (checkpointed beside the inserts), and the WAL never held it all.
+    wal = os.path.getsize(child.path + "-wal")
+    assert wal < 24 * 2**20, wal
+    assert os.path.getsize(child.path) > 20 * 2**20
+    assert len(_versions(child.path, "wp-3")) == 60_000 // 7
+
+
+def test_the_child_skips_batches_sent_behind_a_failed_one(child):
+    epoch = child.epoch
+    broken = [("not", "a", "captured", "tuple")]
+    failed = child.submit(broken, epoch)
+    behind = child.submit(_captured(3), epoch)
+    with pytest.raises(WriterProcessError, match="ValueError"):
+        failed.result(10)
+    with pytest.raises(WriterProcessSkipped):
+        behind.result(10)
+    assert child.epoch == epoch + 1
+    assert _versions(child.path, "wp-0") == []
+    # Resent in the new epoch, in order: it goes through.
+    assert child.submit(_captured(3)).result(10) == 3
+    assert _versions(child.path, "wp-0") == [1, 2, 3]
 
 
 async def test_auto_starts_a_writer_only_under_sustained_load(tmp_path):
