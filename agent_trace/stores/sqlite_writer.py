@@ -22,7 +22,8 @@ the GIL back. Each frame carries an epoch. After a batch fails, the child
 answers ``("skipped",)`` to every later frame of that epoch: a batch sent
 behind a failed one must not commit before the failed one's retry, or a
 session's events would change order. The parent starts a new epoch when it
-reads the error, and resends in order.
+reads the error, and resends in order. WAL checkpoints run on a thread of the
+child's own (see ``_Checkpointer``), beside the inserts.
 
 The child ignores SIGINT and SIGTERM and runs in its own session: the
 recording process decides when to stop, flushing first. It exits when its
