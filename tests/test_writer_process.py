@@ -88,6 +88,34 @@ async def test_a_killed_writer_process_loses_and_duplicates_nothing(writer_store
     assert (await verify_store(writer_store)).ok
 
 
+async def test_a_writer_killed_with_batches_in_its_pipe_keeps_every_session_in_order(
+    writer_store, caplog
+):
+    at.configure(batch_size=50)
+    try:
+        async with at.session("wp-pipe-warm"):
+            at.emit("tick", {})
+        assert await at.flush(timeout=10)
+        pid = at.stats()["writer_pid"]
+        async with at.session("wp-pipe"):
+            for i in range(6000):
+                at.emit("tick", {"i": i})
+                if i == 3000:
+                    # Batches are in flight (one committing, one in the pipe).
+                    await asyncio.sleep(0.01)
+                    os.kill(pid, signal.SIGKILL)
+                elif i % 200 == 199:
+                    await asyncio.sleep(0)
+        assert await at.flush(timeout=30)
+    finally:
+        at.configure(batch_size=5_000)
+    events = await at.get_events("wp-pipe")
+    assert [e.version for e in events] == list(range(1, 6003))
+    assert [e.payload.get("i") for e in events[1:-1]] == list(range(6000))
+    assert "writer process" in caplog.text
+    assert (await verify_store(writer_store)).ok
+
+
 async def test_store_errors_in_the_child_are_retried(tmp_path):
     writer_store = SQLiteStore(tmp_path / "locked.db", busy_timeout_ms=200)
     # No flush at session end: it would wait out the lock (flush_timeout).
