@@ -401,13 +401,18 @@ def test_a_python_that_cannot_start_the_child_falls_back_in_process(tmp_path, mo
     store = SQLiteStore(tmp_path / "fallback.db")
     at.configure(store=store, writer_process="always")
     try:
-        with at.session("fallback"):
-            at.emit("tick", {})
-        assert at.flush_sync(timeout=10)
-        assert at.stats()["writer_pid"] is None
-        assert len(at.get_events_sync("fallback", store=store)) == 3
+        _records_in_process(store, "fallback")
     finally:
         at.configure(writer_process="auto")
+
+
+def _records_in_process(store: SQLiteStore, session_id: str) -> None:
+    """One session recorded and flushed with no writer process running."""
+    with at.session(session_id):
+        at.emit("tick", {})
+    assert at.flush_sync(timeout=10)
+    assert at.stats()["writer_pid"] is None
+    assert len(at.get_events_sync(session_id, store=store)) == 3
 
 
 def test_threads_recording_at_once_through_the_writer(writer_store):
@@ -438,11 +443,7 @@ def test_a_child_that_never_gets_ready_is_stopped_and_work_stays_in_process(
     store = SQLiteStore(tmp_path / "silent.db")
     at.configure(store=store, writer_process="always")
     try:
-        with at.session("silent"):
-            at.emit("tick", {})
-        assert at.flush_sync(timeout=10)
-        assert at.stats()["writer_pid"] is None
+        _records_in_process(store, "silent")
         assert "did not start within" in caplog.text
-        assert len(at.get_events_sync("silent", store=store)) == 3
     finally:
         at.configure(writer_process="auto")
