@@ -223,14 +223,9 @@ class _Call:
                 body.update(self.fields)
             args = self.args
             body["args"] = args if recorded.capture_args else None
-            keys: tuple[str, ...] | None = None
+            keys = None
             if recorded.plain_name and not self.fields:
-                # Arguments of plain types add no nested keys: these are all of them.
-                keys = (kind.name_key, "args", *args)
-                for value in args.values():
-                    if type(value) not in _PLAIN:
-                        keys = None
-                        break
+                keys = _started_keys(kind.name_key, args)
             # self._emit() inlined here and in succeed(): one call less per event.
             n = self.rec.emit(
                 self.session_id,
@@ -271,6 +266,15 @@ class _Call:
     def fail(self, exc: BaseException) -> int:
         body = _failure(self.recorded, self.fields, exc, self.t0)
         return self._emit(self.recorded.kind.failed, body)
+
+
+def _started_keys(name_key: str, args: dict[str, Any]) -> tuple[str, ...] | None:
+    """All the object keys of a started payload ``{name_key, "args": args}``,
+    or None when an argument's value could hold keys of its own (see capture)."""
+    for value in args.values():
+        if type(value) not in _PLAIN:
+            return None
+    return (name_key, "args", *args)
 
 
 def _failure(
@@ -354,13 +358,8 @@ def _async_wrapper(recorded: _Recorded) -> Callable[..., Any]:
         outer = _span.get()
         parent = outer[0] if outer is not None else None
         span_id = new_span_id()
-        # As in _Call.start: arguments of plain types add no nested keys.
-        keys: tuple[str, ...] | None = (name_key, "args", *bound)
-        for value in bound.values():
-            if type(value) not in _PLAIN:
-                keys = None
-                break
         body = {name_key: name, "args": bound if capture_args else None}
+        keys = _started_keys(name_key, bound)
         rec.enqueue(session_id, started, capture(body, opts, keys), span_id, parent)
         t0 = _perf()
         token = _span.set((span_id, parent))
