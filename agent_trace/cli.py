@@ -616,13 +616,15 @@ async def cmd_stats(args: argparse.Namespace, store: EventStore, out: Output) ->
 
 async def cmd_verify(args: argparse.Namespace, store: EventStore, out: Output) -> int:
     """Recompute hash chains: exit 0 if every chain holds, 1 if any breaks."""
+    import sqlite3
+
     from agent_trace.stores.base import StoreError
 
     try:
         return await _verify(args, store, out)
-    except StoreError as exc:
+    except (StoreError, sqlite3.DatabaseError) as exc:
         # The store cannot even be read back in order (a line cut out of a JSONL
-        # file): that is a failed verification, not a usage error.
+        # file, a corrupt SQLite file): a failed verification, not a usage error.
         if out.json:
             out.emit_json({"ok": False, "error": str(exc), "failures": []})
         else:
@@ -631,26 +633,33 @@ async def cmd_verify(args: argparse.Namespace, store: EventStore, out: Output) -
 
 
 async def _verify(args: argparse.Namespace, store: EventStore, out: Output) -> int:
-    from agent_trace.integrity import verify_session
+    from agent_trace.integrity import verify_session, verify_store
 
     if args.session_id:
         await _session_events(store, args.session_id, _store_url(args))
         results = [await verify_session(args.session_id, store)]
         sessions = 1
+        events_checked = results[0].events_checked
     else:
+        # Every session's chain and the global order (the store chain), in one pass.
         infos = await store.list_sessions()
-        sessions = len(infos)
-        results = []
-        with out.progress("verifying", sessions) as advance:
-            for info in infos:
-                results.append(await verify_session(info.session_id, store))
-                advance()
+        total = sum(info.event_count for info in infos)
+        done = [0]
+        with out.progress("verifying", total if len(infos) >= 50 else 0) as advance:
+
+            def step(checked: int) -> None:
+                advance(checked - done[0])
+                done[0] = checked
+
+            report = await verify_store(store, progress=step)
+        sessions = max(report.sessions_checked, len(infos))
+        results = list(report.failures)
+        events_checked = report.events_checked
     failures = [r for r in results if not r.ok]
-    events_checked = sum(r.events_checked for r in results)
     bad = []
     for r in failures:
         event_id = None
-        if r.first_bad_version is not None:
+        if r.first_bad_version is not None and r.session_id != "*":
             at_bad = await store.get_events(r.session_id, after_version=r.first_bad_version - 1)
             event_id = at_bad[0].event_id if at_bad else None
         bad.append(
@@ -675,11 +684,11 @@ async def _verify(args: argparse.Namespace, store: EventStore, out: Output) -> i
     else:
         for f in bad:
             event = f" (event {f['event_id']})" if f["event_id"] else ""
-            out.line(
-                f"FAILED {f['session_id']} at version {f['first_bad_version']}{event}: "
-                f"{f['reason']}",
-                style="bold red",
-            )
+            where = (
+                "the store" if f["session_id"] == "*" else
+                f"{f['session_id']} at version {f['first_bad_version']}"
+            )  # fmt: skip
+            out.line(f"FAILED {where}{event}: {f['reason']}", style="bold red")
         verdict = "ok" if ok else f"{len(bad)} of {sessions} sessions FAILED"
         checked = f"{_plural(sessions, 'session')}, {_plural(events_checked, 'event')}"
         out.line(

@@ -23,12 +23,16 @@ __all__ = [
     "AgentEvent",
     "GENESIS_HASH",
     "canonical_bytes",
+    "EventFieldError",
     "canonical_from_fields",
+    "check_event",
     "compute_hash",
+    "event_from_dict_checked",
     "event_from_values",
     "format_timestamp",
     "new_span_id",
     "payload_bytes",
+    "store_link",
     "uuid7",
     "uuid7_many",
     "validate_event_type",
@@ -209,6 +213,12 @@ def canonical_from_fields(
     )
 
 
+def store_link(prev_store_hash: str, position: int, event_hash: str) -> str:
+    """One link of the store chain (the global order, SPEC 8):
+    ``sha256(prev_store_hash + str(position) + ":" + event_hash)`` as 64 hex chars."""
+    return hashlib.sha256(f"{prev_store_hash}{position}:{event_hash}".encode()).hexdigest()
+
+
 # --- ids and timestamps ----------------------------------------------------
 
 # Not os.urandom: it releases the GIL, and winning it back from the writer
@@ -322,15 +332,16 @@ def format_timestamp(unix_ns: int) -> str:
 
 # --- validation --------------------------------------------------------------
 
-_SESSION_ID_RE = re.compile(r"^[A-Za-z0-9._:@/+=-]{1,256}$")
-_EVENT_TYPE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.:-]{0,127}$")
+# fullmatch, not match with "$": "$" also matches before a final newline.
+_SESSION_ID_RE = re.compile(r"[A-Za-z0-9._:@/+=-]{1,256}")
+_EVENT_TYPE_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_.:-]{0,127}")
 
 
 def validate_session_id(session_id: object) -> str:
     """Return ``session_id`` or raise ``ValueError`` saying what is wrong with it."""
     if not isinstance(session_id, str):
         raise TypeError(f"session_id must be a str, got {type(session_id).__name__}")
-    if not _SESSION_ID_RE.match(session_id):
+    if not _SESSION_ID_RE.fullmatch(session_id):
         raise ValueError(
             f"invalid session_id {session_id[:80]!r}: use 1-256 characters from "
             "letters, digits and . _ : @ / + = -"
@@ -342,9 +353,96 @@ def validate_event_type(event_type: object) -> str:
     """Return ``event_type`` or raise ``ValueError`` saying what is wrong with it."""
     if not isinstance(event_type, str):
         raise TypeError(f"event_type must be a str, got {type(event_type).__name__}")
-    if not _EVENT_TYPE_RE.match(event_type):
+    if not _EVENT_TYPE_RE.fullmatch(event_type):
         raise ValueError(
             f"invalid event_type {event_type[:80]!r}: start with a letter or _, then up to "
             "127 letters, digits or _ . : -"
         )
     return event_type
+
+
+class EventFieldError(ValueError):
+    """An event field has the wrong type or shape; ``field`` names it."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"field {field!r}: {message}")
+        self.field = field
+
+
+_ID_RE = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+_TIMESTAMP_RE = re.compile(
+    r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,9})?(Z|[+-][0-9]{2}:[0-9]{2})"
+)
+_HASH_RE = re.compile(r"[0-9a-f]{64}")
+
+
+def _check_int(name: str, value: object, low: int) -> None:
+    if type(value) is not int:
+        raise EventFieldError(name, f"must be an int, got {type(value).__name__}")
+    if value < low:
+        raise EventFieldError(name, f"must be >= {low}, got {value}")
+
+
+def _check_id(name: str, value: object, optional: bool) -> None:
+    if value is None and optional:
+        return
+    if type(value) is not str:
+        raise EventFieldError(name, f"must be a str, got {type(value).__name__}")
+    if not _ID_RE.fullmatch(value):
+        raise EventFieldError(name, f"{value[:80]!r} is not 1-128 letters, digits or . _ : -")
+
+
+def check_event(ev: AgentEvent) -> AgentEvent:
+    """Return ``ev`` if every field has the type and shape SPEC 2 gives it.
+
+    Raises :class:`EventFieldError` naming the first bad field. Stores run this
+    on events handed to ``append`` and ``ingest`` on every line, because a
+    value a database converts after hashing (an int ``event_id`` stored as
+    text) would make a valid session fail verification forever.
+    """
+    _check_id("event_id", ev.event_id, False)
+    for name, check in (("session_id", validate_session_id), ("event_type", validate_event_type)):
+        try:
+            check(getattr(ev, name))
+        except (TypeError, ValueError) as exc:
+            raise EventFieldError(name, str(exc)) from None
+    ts = ev.timestamp
+    if type(ts) is not str:
+        raise EventFieldError("timestamp", f"must be a str, got {type(ts).__name__}")
+    if not _TIMESTAMP_RE.fullmatch(ts):
+        raise EventFieldError("timestamp", f"{ts[:80]!r} is not ISO-8601 with a UTC offset")
+    if type(ev.payload) is not dict:
+        raise EventFieldError("payload", f"must be a dict, got {type(ev.payload).__name__}")
+    _check_int("version", ev.version, 0)
+    _check_int("position", ev.position, 0)
+    _check_id("span_id", ev.span_id, True)
+    _check_id("parent_span_id", ev.parent_span_id, True)
+    _check_int("schema_version", ev.schema_version, 1)
+    for name in ("prev_hash", "hash"):
+        value = getattr(ev, name)
+        if type(value) is not str or (value and not _HASH_RE.fullmatch(value)):
+            raise EventFieldError(name, f"must be '' or 64 lowercase hex digits, got {value!r:.80}")
+    return ev
+
+
+_FIELDS = frozenset(AgentEvent.__slots__)
+_REQUIRED = ("event_id", "session_id", "event_type", "timestamp")
+
+
+def event_from_dict_checked(d: object) -> AgentEvent:
+    """:meth:`AgentEvent.from_dict` for untrusted input (a spill or export line).
+
+    Refuses anything but a JSON object with the required keys, no unknown
+    keys, and every field valid (:func:`check_event`).
+    """
+    if not isinstance(d, dict):
+        raise EventFieldError("<line>", f"expected a JSON object, got {type(d).__name__}")
+    for name in _REQUIRED:
+        if name not in d:
+            raise EventFieldError(name, "is missing")
+    unknown = set(d) - _FIELDS - {"store_hash"}
+    if unknown:
+        raise EventFieldError(sorted(unknown)[0], "is not an AgentEvent field")
+    if "payload" in d and type(d["payload"]) is not dict:
+        raise EventFieldError("payload", f"must be a dict, got {type(d['payload']).__name__}")
+    return check_event(AgentEvent.from_dict(d))

@@ -7,6 +7,17 @@ stored form (``raw=True``: no upcasting) and recomputes the chain, so any
 edited field, deleted, reordered or inserted event, or forged hash shows up
 as the first version where the chain breaks.
 
+Byte for byte: a store that offers ``stored_rows`` (all built-in stores)
+hands over the payload text as stored, and a text that is not exactly the
+canonical JSON of what it parses to (a duplicate key, other whitespace,
+another spelling of a number) fails, so no JSON reader can see a value the
+hash did not cover. ``verify_store`` also walks the store chain, a second
+chain over every event in position order (``store_hash = sha256(prev +
+position + ":" + hash)``), which the per-session chains cannot see: it
+detects positions swapped, removed or inserted across sessions. Rows written
+by releases before the store chain carry no link (NULL); the chain starts
+after them. ``docs/hashing.md`` writes the scheme down with test vectors.
+
 What the chain cannot show by itself is a cut-off tail: a session truncated
 after version n is a valid chain of n events. ``session_head()`` returns the
 latest (version, hash); keep it somewhere the store's writers cannot change
@@ -19,11 +30,22 @@ Read-only: never appends, never repairs.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping, Sequence
+import sqlite3
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from agent_trace.events import GENESIS_HASH, AgentEvent, compute_hash
+import orjson
+
+from agent_trace.events import (
+    GENESIS_HASH,
+    AgentEvent,
+    EventFieldError,
+    check_event,
+    compute_hash,
+    event_from_values,
+    store_link,
+)
 
 if TYPE_CHECKING:
     from agent_trace.stores.base import EventStore
@@ -33,6 +55,8 @@ __all__ = [
     "StoreVerification",
     "VerificationResult",
     "check_chain",
+    "check_rows",
+    "row_problem",
     "session_head",
     "verify_session",
     "verify_store",
@@ -94,12 +118,18 @@ class VerificationResult:
 
 @dataclass(frozen=True, slots=True)
 class StoreVerification:
-    """What ``verify_store`` found: every session checked, every failure listed."""
+    """What ``verify_store`` found: every session checked, every failure listed.
+
+    A break in the global order (the store chain) is listed as a failure with
+    session id ``"*"``; ``store_head`` is the last (position, store hash),
+    an anchor for ``expected_store_head`` like :class:`SessionHead`.
+    """
 
     ok: bool
     sessions_checked: int
     events_checked: int
     failures: list[VerificationResult] = field(default_factory=list)
+    store_head: tuple[int, str] | None = None
 
     def __bool__(self) -> bool:
         return self.ok
@@ -192,6 +222,64 @@ def _break(session_id: str, ev: AgentEvent, expected: int, prev: str) -> str | N
     return None
 
 
+def check_rows(
+    session_id: str,
+    rows: Sequence[Sequence[Any]],
+    expected_head: SessionHead | tuple[int, str] | Mapping[str, Any] | None = None,
+) -> VerificationResult:
+    """Verify one session's rows exactly as stored (``stored_rows``), in version order.
+
+    Besides the hash chain (:func:`check_chain`), every stored value must have
+    its type and shape and the payload text must be canonical, byte for byte.
+    """
+    events: list[AgentEvent] = []
+    for i, row in enumerate(rows, start=1):
+        problem, ev = row_problem(row)
+        if ev is None:
+            prefix = check_chain(session_id, events)
+            if not prefix.ok:
+                return prefix
+            return VerificationResult(session_id, False, i - 1, i, problem, prefix.head)
+        events.append(ev)
+    return check_chain(session_id, events, expected_head)
+
+
+_SORT = orjson.OPT_SORT_KEYS
+
+
+def row_problem(row: Sequence[Any]) -> tuple[str | None, AgentEvent | None]:
+    """``(None, event)`` for a row a valid append could have written, else
+    ``(why not, None)``: a value of the wrong type or shape, or a payload
+    text that is not the canonical text of what it parses to."""
+    if len(row) < 12:
+        return f"the row has {len(row)} columns, expected 12 or more", None
+    text = row[4]
+    if not isinstance(text, str):
+        return "the stored payload is not UTF-8 text", None
+    try:
+        payload = orjson.loads(text)
+    except orjson.JSONDecodeError as exc:
+        return f"the stored payload is not JSON ({exc})", None
+    if type(payload) is not dict:
+        return "the stored payload is not a JSON object", None
+    try:
+        canonical = orjson.dumps(payload, option=_SORT)
+    except TypeError as exc:
+        return f"the stored payload cannot be canonicalized ({exc})", None
+    if canonical != text.encode():
+        return (
+            "the stored payload text is not the canonical text of what it parses to (a "
+            "duplicate key, other whitespace or another number spelling): a JSON reader "
+            "could see values the hash does not cover"
+        ), None
+    ev = event_from_values(*row[:4], payload, *row[5:12])  # type: ignore[call-arg]
+    try:
+        check_event(ev)
+    except EventFieldError as exc:
+        return f"stored {exc}", None
+    return None, ev
+
+
 def _head(session_id: str, version: int, digest: str) -> SessionHead | None:
     return SessionHead(session_id, version, digest) if version > 0 else None
 
@@ -209,6 +297,29 @@ async def _raw_events(store: EventStore, session_id: str) -> list[AgentEvent]:
         return await store.get_events(session_id)
 
 
+# What a store that cannot be read raises: a corrupt SQLite file, a broken
+# JSONL file, an unreadable or vanished file. Reported, never raised.
+_UNREADABLE = (sqlite3.Error, OSError, UnicodeError, orjson.JSONDecodeError)
+
+
+def _unreadable(session_id: str, exc: BaseException) -> VerificationResult:
+    return VerificationResult(
+        session_id, False, 0, None, f"the store cannot be read: {type(exc).__name__}: {exc}"
+    )
+
+
+async def _guarded(
+    store: EventStore | str | None, fn: Callable[[EventStore], Awaitable[Any]]
+) -> Any:
+    from agent_trace.reading import _with_store
+    from agent_trace.stores.base import StoreError
+
+    try:
+        return await _with_store(store, fn)
+    except (StoreError, *_UNREADABLE) as exc:
+        return exc
+
+
 async def verify_session(
     session_id: str,
     store: EventStore | str | None = None,
@@ -218,65 +329,169 @@ async def verify_session(
     """Recompute ``session_id``'s hash chain from the stored events.
 
     ``expected_head`` (from :func:`session_head`, kept elsewhere) also detects
-    a truncated tail or a chain rewritten from some version on.
+    a truncated tail or a chain rewritten from some version on. A store that
+    cannot be read (a corrupt file) is a failed result with the reason.
     """
-    from agent_trace.reading import _with_store
-    from agent_trace.stores.base import StoreError
 
-    try:
-        events = await _with_store(store, lambda s: _raw_events(s, session_id))
-    except StoreError as exc:
-        # A store that checks structure while reading (JSONL) refuses a broken file.
-        return VerificationResult(session_id, False, 0, None, f"the store refused to read: {exc}")
-    return check_chain(session_id, events, expected_head)
+    async def run(s: EventStore) -> VerificationResult:
+        rows_of = getattr(s, "stored_rows", None)
+        if rows_of is not None:
+            return check_rows(session_id, await rows_of(session_id), expected_head)
+        return check_chain(session_id, await _raw_events(s, session_id), expected_head)
+
+    result = await _guarded(store, run)
+    if isinstance(result, BaseException):
+        return _unreadable(session_id, result)
+    return result  # type: ignore[no-any-return]
+
+
+_PAGE = 10_000
 
 
 async def verify_store(
     store: EventStore | str | None = None,
     *,
     expected_heads: Mapping[str, Any] | Iterable[SessionHead] | None = None,
+    expected_store_head: tuple[int, str] | None = None,
+    progress: Callable[[int], object] | None = None,
 ) -> StoreVerification:
-    """Verify every session in the store and report all failures (not just the first).
+    """Verify every session and the global order; report all failures (not just the first).
 
     ``expected_heads`` (session id -> head, or a list of ``SessionHead``) also
-    flags truncated sessions and sessions that disappeared altogether.
+    flags truncated sessions and sessions that disappeared altogether;
+    ``expected_store_head`` (a ``StoreVerification.store_head`` kept
+    elsewhere) flags a store cut off after that position. A store that
+    cannot be read is a failed verification with the reason. ``progress`` is
+    called with the number of events checked so far, after each page.
     """
-    from agent_trace.reading import _with_store
-    from agent_trace.stores.base import StoreError
-
     anchors = _anchors(expected_heads)
 
     async def run(s: EventStore) -> StoreVerification:
-        try:
-            infos = await s.list_sessions()
-        except StoreError as exc:
-            failure = VerificationResult("*", False, 0, None, f"the store refused to read: {exc}")
-            return StoreVerification(False, 0, 0, [failure])
-        failures: list[VerificationResult] = []
-        events_checked = 0
-        seen = set()
-        for info in infos:
-            sid = info.session_id
-            seen.add(sid)
-            try:
-                result = check_chain(sid, await _raw_events(s, sid), anchors.get(sid))
-            except StoreError as exc:
-                result = VerificationResult(
-                    sid, False, 0, None, f"the store refused to read: {exc}"
+        if getattr(s, "stored_rows", None) is not None:
+            return await _verify_rows(s, anchors, expected_store_head, progress)
+        return await _verify_sessions(s, anchors)
+
+    result = await _guarded(store, run)
+    if isinstance(result, BaseException):
+        return StoreVerification(False, 0, 0, [_unreadable("*", result)])
+    return result  # type: ignore[no-any-return]
+
+
+async def _verify_sessions(s: EventStore, anchors: dict[str, SessionHead]) -> StoreVerification:
+    """A store without ``stored_rows``: each session's chain, from parsed events."""
+    infos = await s.list_sessions()
+    failures: list[VerificationResult] = []
+    events_checked = 0
+    seen = set()
+    for info in infos:
+        sid = info.session_id
+        seen.add(sid)
+        result = check_chain(sid, await _raw_events(s, sid), anchors.get(sid))
+        events_checked += result.events_checked
+        if not result.ok:
+            failures.append(result)
+    failures.extend(_missing(anchors, seen))
+    return StoreVerification(not failures, len(infos), events_checked, failures)
+
+
+async def _verify_rows(
+    s: Any,
+    anchors: dict[str, SessionHead],
+    expected_store_head: tuple[int, str] | None,
+    progress: Callable[[int], object] | None = None,
+) -> StoreVerification:
+    """One pass over the stored rows in position order: the store chain, and
+    every session's chain as its events come (a session's versions follow
+    its positions), keeping only each session's head in memory."""
+    heads: dict[str, tuple[int, str]] = {}  # session -> (version, hash) verified so far
+    broken: dict[str, VerificationResult] = {}
+    order: VerificationResult | None = None
+    link, chained, last_position, positions = GENESIS_HASH, False, 0, 0
+    after = 0
+    while True:
+        rows = await s.stored_rows(None, after, _PAGE)
+        if not rows:
+            break
+        for row in rows:
+            positions += 1
+            position = row[6] if len(row) > 6 else None
+            sid = row[1] if len(row) > 1 and isinstance(row[1], str) else repr(row[1:2])
+            if order is None:
+                stored_link = row[12] if len(row) > 12 else None
+                if type(position) is not int or position <= last_position:
+                    order = _order_failure(positions, f"position {position!r} out of order")
+                elif stored_link is None:
+                    if chained:
+                        order = _order_failure(
+                            positions,
+                            f"position {position} has no store chain link after the chain "
+                            "began (an event was inserted)",
+                        )
+                elif stored_link != store_link(link, position, str(row[11])):
+                    order = _order_failure(
+                        positions,
+                        f"the store chain breaks at position {position}: events were swapped, "
+                        "removed or inserted in the global order, or a link was forged",
+                    )
+                else:
+                    link, chained = stored_link, True
+                last_position = position if type(position) is int else last_position
+            if sid in broken:
+                continue
+            version, prev = heads.get(sid, (0, GENESIS_HASH))
+            problem, ev = row_problem(row)
+            if ev is not None:
+                problem = _break(sid, ev, version + 1, prev)
+            if problem is not None:
+                broken[sid] = VerificationResult(
+                    sid, False, version, version + 1, problem, _head(sid, version, prev)
                 )
-            events_checked += result.events_checked
+                continue
+            assert ev is not None
+            heads[sid] = (version + 1, ev.hash)
+        if progress is not None:
+            progress(positions)
+        last = rows[-1][6]
+        if type(last) is not int or last <= after:
+            break
+        after = last
+    failures = list(broken.values())
+    events_checked = sum(v for v, _ in heads.values()) + sum(r.events_checked for r in failures)
+    for sid, anchor in anchors.items():
+        if sid in heads and sid not in broken:
+            result = check_rows(sid, await s.stored_rows(sid), anchor)
             if not result.ok:
                 failures.append(result)
-        for sid, anchor in anchors.items():
-            if sid not in seen and anchor.version > 0:
-                failures.append(
-                    VerificationResult(
-                        sid, False, 0, 1, f"missing: the anchored head is version {anchor.version}"
-                    )
-                )
-        return StoreVerification(not failures, len(infos), events_checked, failures)
+    failures.extend(_missing(anchors, set(heads) | set(broken)))
+    store_head = (last_position, link) if chained else None
+    if order is None and expected_store_head is not None:
+        anchor_position, anchor_link = expected_store_head
+        if anchor_position > last_position:
+            order = _order_failure(
+                positions,
+                f"truncated: the store ends at position {last_position} but the anchored "
+                f"store head is position {anchor_position}",
+            )
+        elif anchor_position == last_position and anchor_link != link:
+            order = _order_failure(positions, "rewritten: the store head differs from the anchor")
+    if order is not None:
+        failures.insert(0, order)
+    sessions = len(set(heads) | set(broken))
+    return StoreVerification(not failures, sessions, events_checked, failures, store_head)
 
-    return await _with_store(store, run)
+
+def _order_failure(checked: int, reason: str) -> VerificationResult:
+    return VerificationResult("*", False, checked - 1, None, f"global order: {reason}")
+
+
+def _missing(anchors: dict[str, SessionHead], seen: set[str]) -> list[VerificationResult]:
+    return [
+        VerificationResult(
+            sid, False, 0, 1, f"missing: the anchored head is version {anchor.version}"
+        )
+        for sid, anchor in anchors.items()
+        if sid not in seen and anchor.version > 0
+    ]
 
 
 def _anchors(expected: Mapping[str, Any] | Iterable[SessionHead] | None) -> dict[str, SessionHead]:

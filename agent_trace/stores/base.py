@@ -34,6 +34,7 @@ from agent_trace.events import (
     GENESIS_HASH,
     AgentEvent,
     canonical_from_fields,
+    check_event,
     event_from_values,
 )
 
@@ -152,10 +153,12 @@ def mask_url(url: str) -> str:
 # Not part of the public API (not in ``__all__``); every backend, including
 # ones written later, should use these so all stores behave alike.
 #
-# A *row* is a stored event as a 12-tuple in ``AgentEvent`` field order with
-# the payload as its canonical JSON text (what the hash covered):
+# A *row* is a stored event as a 13-tuple in ``AgentEvent`` field order with
+# the payload as its canonical JSON text (what the hash covered), then the
+# store chain's link (None in rows written before the store chain existed):
 #   (event_id, session_id, event_type, timestamp, payload_json, version,
-#    position, span_id, parent_span_id, schema_version, prev_hash, hash)
+#    position, span_id, parent_span_id, schema_version, prev_hash, hash,
+#    store_hash)
 
 
 # A *captured* event is what the recorder hands to a store that offers
@@ -164,6 +167,14 @@ def mask_url(url: str) -> str:
 #   (event_id, session_id, event_type, timestamp, payload_json, span_id,
 #    parent_span_id, schema_version)
 Captured = tuple[str, str, str, str, bytes, "str | None", "str | None", int]
+
+
+def checked_captured(events: Iterable[AgentEvent]) -> list[Captured]:
+    """:func:`captured_from_events` for a store's ``append``, after checking every
+    field (``events.check_event``): a value of the wrong type would be
+    converted by the database after it was hashed, and the valid session
+    would fail verification from then on."""
+    return captured_from_events([check_event(ev) for ev in events])
 
 
 def captured_from_events(events: Iterable[AgentEvent]) -> list[Captured]:
@@ -210,26 +221,29 @@ def seal_rows(
     events: Iterable[AgentEvent],
     heads: dict[str, tuple[int, str]],
     first_position: int,
+    store_head: str | None = None,
 ) -> list[tuple[Any, ...]]:
-    """Give each event its version, position, prev_hash and hash, as table rows.
+    """Give each event its version, position, prev_hash, hash and store chain link, as rows.
 
     ``heads`` maps session id -> (last version, last hash) as stored now and is
-    updated in place. Rows are in column order (see ``event_from_row``); the
+    updated in place. ``store_head`` is the store chain's last link (None: the
+    store has none yet). Rows are in column order (see ``event_from_row``); the
     payload is its canonical JSON text, exactly the bytes the hash covers.
     """
-    return seal_captured(captured_from_events(events), heads, first_position)
+    return seal_captured(captured_from_events(events), heads, first_position, store_head)
 
 
-ROW_WIDTH = 12  # values per sealed row
+ROW_WIDTH = 13  # values per sealed row
 
 
 def seal_captured(
     items: Iterable[Captured],
     heads: dict[str, tuple[int, str]],
     first_position: int,
+    store_head: str | None = None,
 ) -> list[tuple[Any, ...]]:
     """:func:`seal_rows` for captured tuples: the stores' hot path, no JSON work."""
-    flat = seal_captured_flat(items, heads, first_position)
+    flat = seal_captured_flat(items, heads, first_position, store_head)
     # The same iterator ROW_WIDTH times: zip takes consecutive groups.
     return list(zip(*[iter(flat)] * ROW_WIDTH, strict=True))
 
@@ -238,6 +252,7 @@ def seal_captured_flat(
     items: Iterable[Captured],
     heads: dict[str, tuple[int, str]],
     first_position: int,
+    store_head: str | None = None,
 ) -> list[Any]:
     """:func:`seal_captured`'s rows laid end to end, ``ROW_WIDTH`` values each:
     the parameters of a multi-row INSERT, with no per-row tuple to unpack again."""
@@ -247,15 +262,21 @@ def seal_captured_flat(
     flat: list[Any] = []
     extend = flat.extend
     position = first_position
+    link = GENESIS_HASH if store_head is None else store_head
     for eid, sid, etype, ts, pj, span, parent, sv in items:
         version, prev = get_head(sid, genesis)
         version += 1
         canonical = canonical_from_fields(eid, etype, parent, pj, prev, sv, sid, span, ts, version)
         digest = sha256(prev.encode() + canonical).hexdigest()
         heads[sid] = (version, digest)
+        # The store chain (the global order): inlined store_link.
+        link = sha256(f"{link}{position}:{digest}".encode()).hexdigest()
         extend(
-            (eid, sid, etype, ts, pj.decode(), version, position, span, parent, sv, prev, digest)
-        )
+            (
+                eid, sid, etype, ts, pj.decode(), version, position, span, parent, sv, prev,
+                digest, link,
+            )
+        )  # fmt: skip
         position += 1
     return flat
 
@@ -328,7 +349,9 @@ class EventIndex:
     corrupt file is reported instead of silently indexed.
     """
 
-    __slots__ = ("_sessions", "heads", "ids", "last_position", "session_positions")
+    __slots__ = (
+        "_sessions", "heads", "ids", "last_position", "session_positions", "store_head"
+    )  # fmt: skip
 
     def __init__(self) -> None:
         self.ids: set[str] = set()
@@ -336,6 +359,8 @@ class EventIndex:
         #: session id -> positions of its events, index ``version - 1``.
         self.session_positions: dict[str, list[int]] = {}
         self.last_position = 0
+        #: The store chain's last link (None before the first row that has one).
+        self.store_head: str | None = None
         # session id -> [started_at, last_activity, first_position, metadata JSON or None]
         self._sessions: dict[str, list[Any]] = {}
 
@@ -350,7 +375,7 @@ class EventIndex:
             sid = item[1]
             if sid not in heads and sid in self.heads:
                 heads[sid] = self.heads[sid]
-        return seal_captured(new, heads, self.last_position + 1)
+        return seal_captured(new, heads, self.last_position + 1, self.store_head)
 
     def add(self, row: Sequence[Any], payload: Any = None) -> None:
         """Index one stored row (``payload``: its decoded payload, if at hand).
@@ -372,6 +397,8 @@ class EventIndex:
             )
         self.ids.add(event_id)
         self.heads[sid] = (version, row[11])
+        if len(row) > 12 and row[12] is not None:
+            self.store_head = row[12]
         self.last_position = position
         ts = row[3]
         info = self._sessions.get(sid)

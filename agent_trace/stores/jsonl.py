@@ -38,9 +38,9 @@ from agent_trace.stores.base import (
     EventIndex,
     SessionInfo,
     StoreError,
-    captured_from_events,
     check_limit,
     check_projection_name,
+    checked_captured,
     event_types_filter,
     projection_conflict,
 )
@@ -81,7 +81,7 @@ class JSONLStore:
         """Durably append (fsync); skip known event ids; return the count."""
         if not events:
             return 0
-        return await asyncio.to_thread(self._append, captured_from_events(events))
+        return await asyncio.to_thread(self._append, checked_captured(events))
 
     async def append_captured(self, items: Sequence[Captured]) -> int:
         """:meth:`append` for the recorder's captured tuples (no JSON round trip)."""
@@ -233,6 +233,32 @@ class JSONLStore:
             data = _pread(fd, start_offset, end_offset)
         return [_parse(line, raw) for line in data.splitlines()]
 
+    async def stored_rows(
+        self, session_id: str | None = None, after_position: int = 0, limit: int | None = None
+    ) -> list[tuple[Any, ...]]:
+        """Rows as stored, for verification (see ``SQLiteStore.stored_rows``).
+
+        A line is its row written canonically; a line that is not (a
+        duplicate key, other spacing or number spelling) comes back with its
+        raw text as the payload, which verification then reports.
+        """
+        limit = check_limit(limit)
+        return await asyncio.to_thread(self._stored_rows, session_id, after_position, limit)
+
+    def _stored_rows(
+        self, session_id: str | None, after_position: int, limit: int | None
+    ) -> list[tuple[Any, ...]]:
+        with self._lock, self._locked(exclusive=False) as fd:
+            self._catch_up(fd, repair=False)
+            if session_id is not None:
+                positions = self._index.positions(session_id)
+            else:
+                last = self._index.last_position
+                stop = last if limit is None else min(last, after_position + limit)
+                positions = list(range(max(after_position, 0) + 1, stop + 1))
+            chunks = [_pread(fd, start, stop) for start, stop in self._spans(positions)]
+        return [_stored_row(line) for chunk in chunks for line in chunk.splitlines()]
+
     def _list_sessions(self, limit: int | None) -> list[SessionInfo]:
         with self._lock, self._locked(exclusive=False) as fd:
             self._catch_up(fd, repair=False)
@@ -339,9 +365,16 @@ def _line(row: tuple[Any, ...]) -> bytes:
             "schema_version": row[9],
             "prev_hash": row[10],
             "hash": row[11],
+            "store_hash": row[12],
         },
         option=orjson.OPT_APPEND_NEWLINE,
     )
+
+
+def _line_without_store_hash(row: tuple[Any, ...]) -> bytes:
+    """The line an earlier release wrote for ``row`` (no store chain link)."""
+    line = _line(row)
+    return line[: line.rindex(b',"store_hash":')] + b"}\n"
 
 
 def _row(d: dict[str, Any]) -> tuple[Any, ...]:
@@ -359,7 +392,23 @@ def _row(d: dict[str, Any]) -> tuple[Any, ...]:
         d.get("schema_version", 1),
         d["prev_hash"],
         d["hash"],
+        d.get("store_hash"),
     )
+
+
+def _stored_row(line: bytes) -> tuple[Any, ...]:
+    d = orjson.loads(line)
+    payload = d.get("payload")
+    row = _row(d)
+    try:
+        text = orjson.dumps(payload, option=orjson.OPT_SORT_KEYS).decode()
+    except TypeError:
+        text = line.decode("utf-8", "replace")
+    row = (*row[:4], text, *row[5:])
+    canonical = _line(row) if row[12] is not None else _line_without_store_hash(row)
+    if canonical != line + b"\n":
+        row = (*row[:4], line.decode("utf-8", "replace"), *row[5:])
+    return row
 
 
 def _parse(line: bytes, raw: bool = False) -> AgentEvent:

@@ -20,9 +20,9 @@ from agent_trace.stores.base import (
     Captured,
     EventIndex,
     SessionInfo,
-    captured_from_events,
     check_limit,
     check_projection_name,
+    checked_captured,
     event_from_row,
     event_types_filter,
     projection_conflict,
@@ -46,7 +46,7 @@ class MemoryStore:
 
     async def append(self, events: Sequence[AgentEvent]) -> int:
         """Assign versions, positions and hashes; skip known event ids; return the count."""
-        return await self.append_captured(captured_from_events(events))
+        return await self.append_captured(checked_captured(events))
 
     async def append_captured(self, items: Sequence[Captured]) -> int:
         """:meth:`append` for the recorder's captured tuples (no JSON round trip)."""
@@ -84,6 +84,17 @@ class MemoryStore:
         with self._lock:
             picked = self._rows[start:stop]
         return [event_from_row(r, raw) for r in picked]
+
+    async def stored_rows(
+        self, session_id: str | None = None, after_position: int = 0, limit: int | None = None
+    ) -> list[tuple[Any, ...]]:
+        """Rows exactly as stored, for verification (see ``SQLiteStore.stored_rows``)."""
+        limit = check_limit(limit)
+        with self._lock:
+            if session_id is not None:
+                return [self._rows[p - 1] for p in self._index.positions(session_id)]
+            start = max(after_position, 0)
+            return self._rows[start : None if limit is None else start + limit]
 
     async def list_sessions(self, limit: int | None = None) -> list[SessionInfo]:
         """Sessions, most recently started first."""

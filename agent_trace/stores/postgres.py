@@ -56,9 +56,9 @@ from agent_trace.stores.base import (
     Captured,
     SessionInfo,
     StoreError,
-    captured_from_events,
     check_limit,
     check_projection_name,
+    checked_captured,
     event_from_row,
     event_types_filter,
     mask_url,
@@ -82,7 +82,9 @@ _COLUMNS = (
     'event_id, session_id, event_type, "timestamp", payload, version, position, '
     "span_id, parent_span_id, schema_version, prev_hash, hash"
 )
-_COLUMN_NAMES = [c.strip().strip('"') for c in _COLUMNS.split(",")]
+# What is stored, for verification and COPY: the events' columns and the store chain's link.
+_STORED_COLUMNS = f"{_COLUMNS}, store_hash"
+_COLUMN_NAMES = [c.strip().strip('"') for c in _STORED_COLUMNS.split(",")]
 
 # Each migration runs once per schema, in order, inside the migration lock.
 # ``{s}`` is the quoted schema name. The payload is TEXT, not JSONB: it is the
@@ -129,6 +131,11 @@ CREATE TABLE {s}.projections (
     updated_at TIMESTAMPTZ NOT NULL DEFAULT now()
 );
 """,
+    ),
+    (
+        # Rows of earlier releases keep NULL: the chain starts after them.
+        "store chain (the global order)",
+        "ALTER TABLE {s}.events ADD COLUMN store_hash TEXT;",
     ),
 ]
 SCHEMA_VERSION = len(_MIGRATIONS)
@@ -201,7 +208,8 @@ class PostgresStore:
             f"CROSS JOIN LATERAL (SELECT version, hash FROM {t} WHERE session_id = s.id "
             "ORDER BY version DESC LIMIT 1) h "
             "UNION ALL "
-            f"SELECT 2, NULL, (SELECT COALESCE(MAX(position), 0) FROM {t}), NULL"
+            f"SELECT 2, NULL, (SELECT COALESCE(MAX(position), 0) FROM {t}), "
+            f"(SELECT store_hash FROM {t} ORDER BY position DESC LIMIT 1)"
         )
         # The channel and the key are validated/derived values, safe as literals.
         self._sql_begin = f"BEGIN; SELECT pg_advisory_xact_lock({self._append_key})"
@@ -211,6 +219,12 @@ class PostgresStore:
         self._sql_events = f"SELECT {_COLUMNS} FROM {t} WHERE session_id = $1 AND version > $2"
         self._sql_read_all = (
             f"SELECT {_COLUMNS} FROM {t} WHERE position > $1 ORDER BY position LIMIT $2"
+        )
+        self._sql_stored_session = (
+            f"SELECT {_STORED_COLUMNS} FROM {t} WHERE session_id = $1 ORDER BY version"
+        )
+        self._sql_stored_all = (
+            f"SELECT {_STORED_COLUMNS} FROM {t} WHERE position > $1 ORDER BY position LIMIT $2"
         )
         self._sql_sessions = f"""
 SELECT g.session_id, g.started_at, g.last_activity, g.event_count, g.last_version,
@@ -238,7 +252,7 @@ ORDER BY g.started_at DESC, g.first_position DESC
         """Durably append in one transaction; skip known event ids; return the count."""
         if not events:
             return 0
-        return await self.append_captured(captured_from_events(events))
+        return await self.append_captured(checked_captured(events))
 
     async def append_captured(self, items: Sequence[Captured]) -> int:
         """:meth:`append` for the recorder's captured tuples (no JSON round trip)."""
@@ -273,6 +287,17 @@ ORDER BY g.started_at DESC, g.first_position DESC
         if limit == 0:
             return []
         return await self._run(self._fetch_events, self._sql_read_all, (after_position, limit), raw)
+
+    async def stored_rows(
+        self, session_id: str | None = None, after_position: int = 0, limit: int | None = None
+    ) -> list[tuple[Any, ...]]:
+        """Rows exactly as stored, for verification (see ``SQLiteStore.stored_rows``)."""
+        limit = check_limit(limit)
+        if session_id is not None:
+            sql, args = self._sql_stored_session, (session_id,)
+        else:
+            sql, args = self._sql_stored_all, (after_position, limit)
+        return [tuple(r) for r in await self._run(self._fetch, sql, args)]
 
     async def list_sessions(self, limit: int | None = None) -> list[SessionInfo]:
         """Sessions, most recently started first."""
@@ -456,18 +481,19 @@ ORDER BY g.started_at DESC, g.first_position DESC
                 stored: set[str] = set()
                 heads: dict[str, tuple[int, str]] = {}
                 last_position = 0
+                store_head = None
                 for kind, key, number, digest in await conn.fetch(self._sql_state, ids, sessions):
                     if kind == 0:
                         stored.add(key)
                     elif kind == 1:
                         heads[key] = (number, digest)
                     else:
-                        last_position = number
+                        last_position, store_head = number, digest
                 new = [item for item in items if item[0] not in stored] if stored else items
                 if not new:
                     await conn.execute("ROLLBACK")
                     return 0
-                rows = seal_captured(new, heads, last_position + 1)
+                rows = seal_captured(new, heads, last_position + 1, store_head)
                 # COPY: one round trip like a multi-row INSERT, and the cheapest
                 # for the server (the benchmark's baseline is plain COPY).
                 await conn.copy_records_to_table(

@@ -38,9 +38,9 @@ from agent_trace.stores.base import (
     Captured,
     SessionInfo,
     StoreError,
-    captured_from_events,
     check_limit,
     check_projection_name,
+    checked_captured,
     event_from_row,
     event_types_filter,
     events_from_rows,
@@ -50,12 +50,13 @@ from agent_trace.stores.base import (
     unique_captured,
 )
 
-__all__ = ["SQLiteStore"]
+__all__ = ["FileChanged", "SQLiteStore"]
 
 T = TypeVar("T")
 _Pair = tuple[aiosqlite.Connection, sqlite3.Connection]
 
-SCHEMA_VERSION = 1
+# 1: events and triggers; 2: the store chain column (SPEC 8, the global order).
+SCHEMA_VERSION = 2
 _SYNCHRONOUS = ("OFF", "NORMAL", "FULL", "EXTRA")
 # Well under SQLite's bound-parameter limit (999 before 3.32).
 _CHUNK = 500
@@ -74,6 +75,7 @@ CREATE TABLE IF NOT EXISTS events (
     payload TEXT NOT NULL,
     prev_hash TEXT NOT NULL,
     hash TEXT NOT NULL,
+    store_hash TEXT,
     UNIQUE (session_id, version)
 );
 CREATE TRIGGER IF NOT EXISTS events_no_update BEFORE UPDATE ON events
@@ -93,14 +95,16 @@ _COLUMNS = (
     "event_id, session_id, event_type, timestamp, payload, version, position, "
     "span_id, parent_span_id, schema_version, prev_hash, hash"
 )
-_INSERT = f"INSERT INTO events ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+# What is stored, for verification: the events' columns and the store chain's link.
+_STORED_COLUMNS = f"{_COLUMNS}, store_hash"
+_INSERT = f"INSERT INTO events ({_STORED_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 # Rows per multi-row INSERT. executemany steps (and so releases and re-takes
 # the GIL) once per row; under a busy caller thread each re-take can wait a
 # whole switch interval. One statement per block of rows steps once. The
 # block stays under SQLite's bound-parameter limit (999 before 3.32).
-_ROWS_PER_INSERT = 500 if sqlite3.sqlite_version_info >= (3, 32, 0) else 80
-_INSERT_BLOCK = f"INSERT INTO events ({_COLUMNS}) VALUES " + ",".join(
-    ["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"] * _ROWS_PER_INSERT
+_ROWS_PER_INSERT = 500 if sqlite3.sqlite_version_info >= (3, 32, 0) else 70
+_INSERT_BLOCK = f"INSERT INTO events ({_STORED_COLUMNS}) VALUES " + ",".join(
+    ["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"] * _ROWS_PER_INSERT
 )
 # For each listed session: its last version and hash. The MAX() subquery is
 # answered from the (session_id, version) index without scanning the session.
@@ -123,6 +127,39 @@ FROM (
 ) g
 ORDER BY g.started_at DESC, g.first_position DESC
 """
+
+
+class FileChanged(StoreError):
+    """The database file was deleted or replaced since this connection opened it.
+
+    SQLite would go on writing into the unlinked (or the old) file, where no
+    reader will ever find the rows: the append is refused instead, and the
+    store reopens the path on the next call.
+    """
+
+
+FileId = tuple[int, int]
+
+
+def _file_id(path: str) -> FileId | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino)
+
+
+def check_same_file(path: str, opened: FileId | None) -> None:
+    """Raise :class:`FileChanged` unless ``path`` is still the file opened as ``opened``."""
+    if opened is None:
+        return
+    now = _file_id(path)
+    if now != opened:
+        what = "deleted" if now is None else "replaced by another file"
+        raise FileChanged(
+            f"SQLite store {path!r} was {what} while this process was writing to it; "
+            "the store reopens the path, events go to the new file"
+        )
 
 
 class _OpenInterrupted(Exception):
@@ -159,6 +196,7 @@ class SQLiteStore:
             _check_path(self.path)
         self._guard = threading.Lock()
         self._conn: _Pair | None = None
+        self._file: FileId | None = None  # the file the connection opened
         self._opening: concurrent.futures.Future[_Pair] | None = None
         # read_all_inline's connections: one per calling thread (and process).
         self._inline = threading.local()
@@ -173,13 +211,36 @@ class SQLiteStore:
         """Durably append in one transaction; skip known event ids; return the count."""
         if not events:
             return 0
-        return await self._run(_append, captured_from_events(events))
+        return await self._append_items(checked_captured(events))
 
     async def append_captured(self, items: Sequence[Captured]) -> int:
         """:meth:`append` for the recorder's captured tuples (no JSON round trip)."""
         if not items:
             return 0
-        return await self._run(_append, list(items))
+        return await self._append_items(list(items))
+
+    async def _append_items(self, items: list[Captured]) -> int:
+        conn, db = self._conn or await self._connect()
+        try:
+            return await conn._execute(_append, db, items, self.path, self._file)
+        except FileChanged:
+            # Drop the connection to the old file: the retry opens the path afresh.
+            with self._guard:
+                if self._conn is not None and self._conn[1] is db:
+                    self._conn, self._opening = None, None
+            await conn.close()
+            raise
+
+    async def stored_rows(
+        self, session_id: str | None = None, after_position: int = 0, limit: int | None = None
+    ) -> list[tuple[Any, ...]]:
+        """Rows exactly as stored (payload text, store chain link), for verification.
+
+        One session's rows in version order, or (``session_id=None``) every
+        row after ``after_position`` in position order, at most ``limit``.
+        """
+        limit = check_limit(limit)
+        return await self._run(_stored_rows, session_id, after_position, limit)
 
     async def get_events(
         self,
@@ -385,9 +446,14 @@ def _ensure_schema(db: sqlite3.Connection, path: str) -> None:
     db.execute("BEGIN IMMEDIATE")  # another process may be creating it right now
     try:
         (version,) = db.execute("PRAGMA user_version").fetchone()
-        if version < SCHEMA_VERSION:
+        if version == 1:
+            # A store of an earlier release: its rows keep no store chain link
+            # (NULL); the chain starts with the first event appended from now on.
+            db.execute("ALTER TABLE events ADD COLUMN store_hash TEXT")
+        elif version < SCHEMA_VERSION:
             for statement in _statements(_SCHEMA):
                 db.execute(statement)
+        if version < SCHEMA_VERSION:
             db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         db.execute("COMMIT")
     except BaseException:
@@ -415,7 +481,24 @@ def _qmarks(n: int) -> str:
     return ",".join("?" * n)
 
 
-def _append(db: sqlite3.Connection, items: list[Captured]) -> int:
+def _append(
+    db: sqlite3.Connection,
+    items: list[Captured],
+    path: str | None = None,
+    opened: FileId | None = None,
+) -> int:
+    """Append ``items`` in one transaction; with ``path``/``opened``, refuse
+    (:class:`FileChanged`) if the file was deleted or replaced, before
+    and after the commit, so no batch is acknowledged from a lost file."""
+    if path is not None:
+        check_same_file(path, opened)
+    n = _append_checked(db, items)
+    if path is not None:
+        check_same_file(path, opened)  # rows committed to a lost file: the retry rewrites them
+    return n
+
+
+def _append_checked(db: sqlite3.Connection, items: list[Captured]) -> int:
     ids = [item[0] for item in items]
     if len(set(ids)) != len(ids):
         items = unique_captured(items, ())
@@ -445,8 +528,11 @@ def _append(db: sqlite3.Connection, items: list[Captured]) -> int:
             sql = _HEADS.format(values=",".join(["(?)"] * len(chunk)))
             for sid, version, digest in db.execute(sql, chunk):
                 heads[sid] = (version, digest)
-        (last_position,) = db.execute("SELECT MAX(position) FROM events").fetchone()
-        _insert(db, seal_captured_flat(new, heads, (last_position or 0) + 1))
+        last = db.execute(
+            "SELECT position, store_hash FROM events ORDER BY position DESC LIMIT 1"
+        ).fetchone()
+        last_position, store_head = last if last is not None else (0, None)
+        _insert(db, seal_captured_flat(new, heads, last_position + 1, store_head))
         db.execute("COMMIT")
     except BaseException:
         if db.in_transaction:
@@ -492,6 +578,35 @@ def _read_all(
         (after_position, -1 if limit is None else limit),
     )
     return events_from_rows(rows, raw)
+
+
+def _stored_rows(
+    db: sqlite3.Connection, session_id: str | None, after_position: int, limit: int | None
+) -> list[tuple[Any, ...]]:
+    # Text columns as bytes: a row whose text is not valid UTF-8 is reported by
+    # the verifier instead of failing the whole read.
+    db.text_factory = bytes
+    try:
+        if session_id is not None:
+            sql = f"SELECT {_STORED_COLUMNS} FROM events WHERE session_id = ? ORDER BY version"
+            rows = db.execute(sql, (session_id,)).fetchall()
+        else:
+            sql = (
+                f"SELECT {_STORED_COLUMNS} FROM events WHERE position > ? ORDER BY position LIMIT ?"
+            )
+            rows = db.execute(sql, (after_position, -1 if limit is None else limit)).fetchall()
+    finally:
+        db.text_factory = str
+    return [tuple(_text(v) for v in row) for row in rows]
+
+
+def _text(value: Any) -> Any:
+    if isinstance(value, bytes):
+        try:
+            return value.decode("utf-8")
+        except UnicodeDecodeError:
+            return value  # left as bytes: the verifier reports it
+    return value
 
 
 def _list_sessions(db: sqlite3.Connection, limit: int | None) -> list[SessionInfo]:

@@ -301,7 +301,7 @@ if hasattr(os, "register_at_fork"):
 
 def main(argv: Sequence[str] | None = None) -> int:
     """The writer child: ``python -m agent_trace.stores.sqlite_writer PATH BUSY_MS SYNC``."""
-    from agent_trace.stores.sqlite import SQLiteStore, _append
+    from agent_trace.stores.sqlite import FileChanged, SQLiteStore, _append, _file_id
 
     path, busy_ms, synchronous = argv if argv is not None else sys.argv[1:]
     for sig in (signal.SIGINT, getattr(signal, "SIGTERM", None)):
@@ -319,6 +319,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         except Exception as exc:
             _write_frame(out, ("failed", f"{type(exc).__name__}: {exc}"))
             return 1
+        opened = _file_id(path)
         checkpointer.start()
         _write_frame(out, ("ready", os.getpid()))
         failed_epoch = None
@@ -331,7 +332,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 _write_frame(out, ("skipped",))
                 continue
             try:
-                n = _append(db, items)
+                n = _append(db, items, path, opened)
+            except FileChanged as exc:
+                # This connection writes to a lost file: answer, then exit; the
+                # recording process appends in-process, reopening the path.
+                _write_frame(out, ("error", type(exc).__name__, str(exc)))
+                return 1
             except Exception as exc:
                 failed_epoch = epoch
                 _write_frame(out, ("error", type(exc).__name__, str(exc)))

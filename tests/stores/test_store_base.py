@@ -77,12 +77,12 @@ def test_the_read_path_builds_real_frozen_events(events) -> None:
     for row, ev in zip(rows, built, strict=True):
         # event_from_values builds the object its own way: it must be an
         # ordinary, still frozen AgentEvent, equal to the constructor's.
-        again = AgentEvent(*row[:4], ev.payload, *row[5:])  # type: ignore[misc]
+        again = AgentEvent(*row[:4], ev.payload, *row[5:12])  # type: ignore[misc]
         assert type(ev) is AgentEvent and ev == again and repr(ev) == repr(again)
         assert dataclasses.replace(ev, version=7).version == 7
         with pytest.raises(dataclasses.FrozenInstanceError):
             ev.version = 1  # type: ignore[misc]
-        assert event_from_values(*row[:4], ev.payload, *row[5:]) == ev
+        assert event_from_values(*row[:4], ev.payload, *row[5:12]) == ev
 
 
 def test_seal_rows_leaves_the_callers_heads_alone_on_failure() -> None:
