@@ -25,6 +25,7 @@ from agent_trace.decorators import extract_usage, record_decision, record_llm, r
 from agent_trace.events import AgentEvent, uuid7
 from agent_trace.integrity import (
     SessionHead,
+    StoreVerification,
     VerificationResult,
     session_head,
     verify_session,
@@ -38,7 +39,7 @@ from agent_trace.reading import (
     read_all,
     read_all_sync,
 )
-from agent_trace.recorder import flush, flush_sync, stats
+from agent_trace.recorder import DurabilityError, flush, flush_sync, stats
 from agent_trace.spill import ingest, ingest_sync
 from agent_trace.stores import open_store
 from agent_trace.upcasting import register_upcaster
@@ -47,9 +48,11 @@ __all__ = [
     "AgentEvent",
     "CaptureOptions",
     "ContextExecutor",
+    "DurabilityError",
     "Session",
     "SessionHead",
     "Settings",
+    "StoreVerification",
     "VerificationResult",
     "__version__",
     "configure",

@@ -430,6 +430,9 @@ def _async_wrapper(recorded: _Recorded) -> Callable[..., Any]:
 def _gen_wrapper(recorded: _Recorded) -> Callable[..., Any]:
     def drive(call: _Call, gen: Any) -> Any:
         stream = _Stream(call)
+        rec = call.rec
+        if stream.n and rec.immediate:
+            rec.wait_sync(stream.n)
         to_send: Any = None
         to_throw: BaseException | None = None
         while True:
@@ -442,19 +445,25 @@ def _gen_wrapper(recorded: _Recorded) -> Callable[..., Any]:
                     item = gen.send(to_send)
             except StopIteration as stop:
                 _span.reset(token)
-                stream.end(complete=True)
+                n = stream.end(complete=True)
+                if rec.immediate:
+                    rec.wait_sync(n)
                 return stop.value
             except BaseException as exc:
                 _span.reset(token)
-                call.fail(exc)
+                n = call.fail(exc)
+                if rec.immediate and isinstance(exc, Exception):
+                    rec.wait_sync(n)
                 raise
             _span.reset(token)
             stream.add(item)
             try:
                 to_send = yield item
             except GeneratorExit:
-                stream.end(complete=False)
+                n = stream.end(complete=False)
                 gen.close()
+                if rec.immediate:
+                    rec.wait_sync(n)
                 raise
             except BaseException as exc:
                 to_throw, to_send = exc, None
@@ -479,6 +488,9 @@ def _gen_wrapper(recorded: _Recorded) -> Callable[..., Any]:
 def _asyncgen_wrapper(recorded: _Recorded) -> Callable[..., Any]:
     async def drive(call: _Call, agen: Any) -> Any:
         stream = _Stream(call)
+        rec = call.rec
+        if stream.n and rec.immediate:
+            await rec.wait(stream.n)
         to_send: Any = None
         to_throw: BaseException | None = None
         while True:
@@ -491,19 +503,26 @@ def _asyncgen_wrapper(recorded: _Recorded) -> Callable[..., Any]:
                     item = await agen.asend(to_send)
             except StopAsyncIteration:
                 _span.reset(token)
-                stream.end(complete=True)
+                n = stream.end(complete=True)
+                if rec.immediate:
+                    await rec.wait(n)
                 return
             except BaseException as exc:
                 _span.reset(token)
-                call.fail(exc)
+                n = call.fail(exc)
+                # Cancelled: don't await again inside the cancellation (as _async_wrapper).
+                if rec.immediate and isinstance(exc, Exception):
+                    await rec.wait(n)
                 raise
             _span.reset(token)
             stream.add(item)
             try:
                 to_send = yield item
             except GeneratorExit:
-                stream.end(complete=False)
+                n = stream.end(complete=False)
                 await agen.aclose()
+                if rec.immediate:
+                    await rec.wait(n)
                 raise
             except BaseException as exc:
                 to_throw, to_send = exc, None
@@ -542,13 +561,13 @@ def _replayed_sync(chunks: list[Any]) -> Any:
 class _Stream:
     """Collects a generator's items and emits the call's events around them."""
 
-    __slots__ = ("call", "chunks", "first_ms")
+    __slots__ = ("call", "chunks", "first_ms", "n")
 
     def __init__(self, call: _Call) -> None:
         self.call = call
         self.chunks: list[Any] = []
         self.first_ms: float | None = None
-        call.start()
+        self.n = call.start()  # what to wait for under durability="immediate"
 
     def add(self, item: Any) -> None:
         if self.first_ms is None:
@@ -556,7 +575,7 @@ class _Stream:
         if self.call.recorded.capture_result:
             self.chunks.append(item)
 
-    def end(self, complete: bool) -> None:
+    def end(self, complete: bool) -> int:
         chunks = self.chunks
         result: Any = chunks
         extra: dict[str, Any] = {}
@@ -569,7 +588,7 @@ class _Stream:
         extra["chunks"] = len(chunks)
         extra["time_to_first_chunk_ms"] = self.first_ms
         extra["status"] = "complete" if complete else "incomplete"
-        self.call.succeed(result, extra)
+        return self.call.succeed(result, extra)
 
 
 _DISPATCH = (

@@ -49,7 +49,7 @@ from typing import TYPE_CHECKING, Any
 
 from agent_trace.config import Settings, get_settings
 from agent_trace.events import AgentEvent, format_timestamp, uuid7_many
-from agent_trace.spill import SpillFile
+from agent_trace.spill import SpillFile, store_identity
 from agent_trace.stores.base import Captured, events_from_captured
 from agent_trace.stores.sqlite_writer import WriterProcessSkipped
 
@@ -57,7 +57,7 @@ if TYPE_CHECKING:
     from agent_trace.stores.base import EventStore
     from agent_trace.stores.sqlite_writer import WriterProcess
 
-__all__ = ["Recorder", "flush", "flush_sync", "get_recorder", "stats"]
+__all__ = ["DurabilityError", "Recorder", "flush", "flush_sync", "get_recorder", "stats"]
 
 log = logging.getLogger("agent_trace")
 
@@ -66,6 +66,18 @@ Pending = tuple[int, str, str, bytes, "str | None", "str | None", int]
 
 _MAX_BACKOFF = 2.0
 _FIRST_BACKOFF = 0.05
+# Bounds on one append attempt (see Recorder._attempt_timeout): a probe of a
+# store that is already known to be down waits at most _PROBE_TIMEOUT.
+_PROBE_TIMEOUT = 1.0
+_MIN_ATTEMPT = 0.05
+_LOST_LOG_INTERVAL = 1.0  # seconds between ERROR lines while events are being lost
+
+
+class DurabilityError(RuntimeError):
+    """``durability="immediate"``: the event could be made durable neither in
+    the store nor in the spill file within ``spill_after`` seconds."""
+
+
 _now = time.time_ns
 
 
@@ -99,6 +111,14 @@ class Recorder:
         self._next_probe = 0.0  # while spilling: when to try the store again
         self._probe_delay = _FIRST_BACKOFF
         self._spill_file: SpillFile | None = None  # kept: it remembers a drain's progress
+        # Events neither stored nor spilled (both failing): counted, logged, and
+        # for durability="immediate" raised to the caller as DurabilityError.
+        self._lost = 0
+        self._lost_ranges: list[tuple[int, int]] = []  # [start, end) in queue order
+        self._lost_logged = 0.0
+        self._force_probe = False  # try the store now, whatever the backoff says
+        self._final_drain = False
+        self._leftover = 0  # of _spill_pending: spilled by an earlier run, not in _written
         self._sink_errors = 0
         # Held while the store works on an append: os.fork() waits for it, so
         # a child is never forked while the store holds SQLite's (or a
@@ -157,9 +177,27 @@ class Recorder:
         parent_span_id: str | None = None,
         schema_version: int = 1,
     ) -> int:
-        """:meth:`enqueue`, returning the count to wait for to see the event durable."""
-        self.enqueue(session_id, event_type, payload_json, span_id, parent_span_id, schema_version)
-        return self.emitted()
+        """:meth:`enqueue`, returning the count to wait for to see the event durable
+        (exactly this event's place in the queue order, plus one)."""
+        queue = self.queue
+        if len(queue) >= self.max_buffer:
+            self._wait_for_room()
+        item = (
+            _now(),
+            session_id,
+            event_type,
+            payload_json,
+            span_id,
+            parent_span_id,
+            schema_version,
+        )
+        with self._lock:
+            queue.append(item)
+            n = self._taken + len(queue)
+        if self._thread is None:
+            self._start()
+        self._wake.set()
+        return n
 
     def emitted(self) -> int:
         """Events ever queued (so far): wait for this count to see them all durable."""
@@ -182,10 +220,16 @@ class Recorder:
                 self._wake.set()
                 self._changed.wait(0.1)
 
-    def wait_sync(self, target: int, timeout: float | None = None) -> bool:
-        """Block until ``target`` events are durable; False on timeout."""
+    def wait_sync(
+        self, target: int, timeout: float | None = None, *, durable: bool | None = None
+    ) -> bool:
+        """Block until ``target`` events are durable; False on timeout.
+
+        ``durable`` (default: ``durability="immediate"``): raise
+        :class:`DurabilityError` if event ``target`` itself was lost.
+        """
         if self._written >= target:
-            return True
+            return self._check_lost(target, durable)
         if threading.current_thread() is self._thread:
             raise RuntimeError("flush_sync() cannot be called from the agent_trace writer thread")
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -196,17 +240,31 @@ class Recorder:
                 if left is not None and left <= 0:
                     return False
                 self._changed.wait(0.1 if left is None else min(left, 0.1))
+        return self._check_lost(target, durable)
+
+    def _check_lost(self, target: int, durable: bool | None) -> bool:
+        if not self._lost_ranges or not (self.immediate if durable is None else durable):
+            return True
+        index = target - 1
+        for start, end in reversed(self._lost_ranges):
+            if start <= index < end:
+                raise DurabilityError(
+                    "agent_trace: the event could not be made durable: the store and the "
+                    f"spill file both failed ({self._last_error})"
+                )
         return True
 
-    async def wait(self, target: int, timeout: float | None = None) -> bool:
-        """Await until ``target`` events are durable; False on timeout."""
+    async def wait(
+        self, target: int, timeout: float | None = None, *, durable: bool | None = None
+    ) -> bool:
+        """Await until ``target`` events are durable; False on timeout (see wait_sync)."""
         if self._written >= target:
-            return True
+            return self._check_lost(target, durable)
         loop = asyncio.get_running_loop()
         waiter = _AsyncWaiter(target, loop, loop.create_future())
         with self._changed:
             if self._written >= target:
-                return True
+                return self._check_lost(target, durable)
             self._async_waiters.append(waiter)
         self._wake.set()
         try:
@@ -217,17 +275,18 @@ class Recorder:
             with self._changed:
                 if waiter in self._async_waiters:
                     self._async_waiters.remove(waiter)
-        return True
+        return self._check_lost(target, durable)
 
     def stats(self) -> dict[str, Any]:
         """Counters since the process started."""
         return {
             "emitted": (emitted := self.emitted()),
-            "written": self._written - self._spill_pending,
+            "written": self._written - (self._spill_pending - self._leftover) - self._lost,
             "buffered": emitted - self._written,
             "retried": self._retried,
             "spilled": self._spilled,
             "spill_pending": self._spill_pending,
+            "lost": self._lost,
             "batches": self._batches,
             "store_failures": self._failures,
             "last_error": self._last_error,
@@ -274,15 +333,15 @@ class Recorder:
                     self._spill_pending,
                     self._settings.spill_path,
                 )
-                self._spill_pending = 0
+                self._spill_pending = self._leftover = 0
         if old is not None and old_owned:
             self._close_store(old)
 
     def flush_sync(self, timeout: float | None = None) -> bool:
-        return self.wait_sync(self.emitted(), timeout)
+        return self.wait_sync(self.emitted(), timeout, durable=False)
 
     async def flush(self, timeout: float | None = None) -> bool:
-        return await self.wait(self.emitted(), timeout)
+        return await self.wait(self.emitted(), timeout, durable=False)
 
     # --- writer thread -----------------------------------------------------
 
@@ -317,9 +376,15 @@ class Recorder:
                         continue
                     if self._spill_pending and time.monotonic() >= self._next_probe:
                         # Idle with events in the spill: re-append them once the store is back.
-                        loop.run_until_complete(self._write(_Batch([])))
+                        loop.run_until_complete(self._write(_Batch([], self._taken)))
                         continue
                     if self._stopping:
+                        if self._spill_pending and not self._final_drain:
+                            # A normal exit: one last try to hand the spill to the store.
+                            self._final_drain = self._force_probe = True
+                            loop.run_until_complete(self._write(_Batch([], self._taken)))
+                            self._force_probe = False
+                            continue
                         return
                     self._wake.wait(0.5)
                     continue
@@ -344,6 +409,7 @@ class Recorder:
         popleft = q.popleft
         with self._lock:
             items = [popleft() for _ in range(n)]
+            start = self._taken
             self._taken += n
         with self._changed:
             self._changed.notify_all()  # room for emitters waiting on a full buffer
@@ -352,13 +418,20 @@ class Recorder:
             [
                 (event_id, sid, etype, format_timestamp(ns), pj, span, parent, sv)
                 for (ns, sid, etype, pj, span, parent, sv), event_id in zip(items, ids, strict=True)
-            ]
+            ],
+            start,
         )
 
     async def _write(
         self, batch: _Batch, prev: tuple[asyncio.Task[None], _Batch] | None = None
     ) -> None:
-        """Append ``batch`` (retrying, or spilling) after ``prev``, the batch before it."""
+        """Append ``batch`` (retrying, or spilling) after ``prev``, the batch before it.
+
+        Every attempt is bounded (:meth:`_attempt_timeout`): a store that hangs,
+        is locked by another process, or a writer process that stopped
+        answering delays the batch by at most about ``spill_after`` before it
+        goes to the spill file (or, if that fails too, is counted as lost).
+        """
         delay = _FIRST_BACKOFF
         while True:
             behind = None  # (writer, epoch): straight into its pipe, behind prev
@@ -366,37 +439,49 @@ class Recorder:
                 behind = self._pipelined_behind(prev[1])
                 if behind is None:
                     await prev[0]  # the batch before settles first: order holds
+            now = time.monotonic()
             if (
                 behind is None
-                and self._spill_pending
-                and time.monotonic() < self._next_probe
-                and self._spill(batch.events)
+                and not self._force_probe
+                and now < self._next_probe
+                and (self._spill_pending or self._outage_due(now))
+                and self._spill_or_lose(batch)
             ):
                 break  # the store failed a moment ago: do not wait on it for every batch
+            timeout = self._attempt_timeout(now)
             try:
                 with self._in_store:
                     if behind is None:
                         store = self.store()
                         if self._spill_pending:
-                            await self._drain_spill(store)  # earlier batches first: order holds
+                            # Earlier batches first: order holds.
+                            await asyncio.wait_for(self._drain_spill(store), timeout)
                         wp = self._ready_writer()
                         if wp is not None:
                             behind = (wp, wp.epoch)
                     if behind is not None:
                         batch.sent_to = behind
-                        await behind[0].append_captured(batch.items, behind[1])
+                        await asyncio.wait_for(
+                            behind[0].append_captured(batch.items, behind[1]), timeout
+                        )
                     else:
                         append_captured = _captured_appender(store)
                         if append_captured is not None:
-                            await append_captured(batch.items)
+                            await asyncio.wait_for(append_captured(batch.items), timeout)
                         else:
-                            await store.append(batch.events)
+                            await asyncio.wait_for(store.append(batch.events), timeout)
             except WriterProcessSkipped:
                 # Sent behind a batch that failed: resent once that one is through.
                 batch.sent_to = None
                 self._retried += 1
                 continue
             except Exception as exc:
+                if isinstance(exc, asyncio.TimeoutError):
+                    exc = TimeoutError(
+                        f"the store did not answer within {timeout:g}s (locked, hung or down)"
+                    )
+                    if batch.sent_to is not None:
+                        self._kill_writer_process(batch.sent_to[0], timeout)
                 batch.sent_to = None
                 self._retried += 1
                 self._failures += 1
@@ -416,10 +501,10 @@ class Recorder:
                         if self._settings.spill_path
                         else "",
                     )
-                spill_due = now - self._outage_since >= self._settings.spill_after
-                if (self._spill_pending or spill_due) and self._spill(batch.events):
+                if (self._spill_pending or self._outage_due(now)) and self._spill_or_lose(batch):
                     break
-                await asyncio.sleep(delay)
+                left = self._settings.spill_after - (now - self._outage_since)
+                await asyncio.sleep(max(min(delay, left), 0.0) if left > 0 else delay)
                 delay = min(delay * 2, _MAX_BACKOFF)
                 continue
             self._probe_delay = _FIRST_BACKOFF
@@ -444,6 +529,75 @@ class Recorder:
             # RuntimeError: that loop has closed, so nobody is waiting any more.
             with contextlib.suppress(RuntimeError):
                 w.loop.call_soon_threadsafe(_resolve, w.future)
+
+    def _outage_due(self, now: float) -> bool:
+        """Has the store been failing for ``spill_after`` seconds?"""
+        since = self._outage_since
+        return since is not None and now - since >= self._settings.spill_after
+
+    def _attempt_timeout(self, now: float) -> float | None:
+        """How long one append may take before it counts as failed.
+
+        ``spill_after`` (what is left of it in an outage); a probe of a store
+        already down past that, at most ``_PROBE_TIMEOUT``. None (wait) only
+        where waiting is all there is: batched mode without a spill file.
+        """
+        if self._settings.spill_path is None and not self.immediate:
+            return None
+        limit = self._settings.spill_after
+        since = self._outage_since
+        if since is not None:
+            left = limit - (now - since)
+            limit = left if left > 0 else min(limit, _PROBE_TIMEOUT)
+        return max(limit, _MIN_ATTEMPT)
+
+    def _spill_or_lose(self, batch: _Batch) -> bool:
+        """The store is down past ``spill_after``: spill ``batch``; if that fails
+        too, count it lost (True: handled). Batched mode without a spill file
+        keeps it in memory instead (False: retry)."""
+        if self._spill(batch.events):
+            return True
+        if self._settings.spill_path is None and not self.immediate:
+            return False
+        self._lose(batch)
+        return True
+
+    def _lose(self, batch: _Batch) -> None:
+        n = len(batch)
+        if not n:
+            return
+        self._lost += n
+        ranges = self._lost_ranges
+        if ranges and ranges[-1][1] == batch.start:
+            ranges[-1] = (ranges[-1][0], batch.start + n)
+        else:
+            ranges.append((batch.start, batch.start + n))
+            del ranges[:-1000]  # the recent ones are what waiters ask about
+        now = time.monotonic()
+        if now - self._lost_logged >= _LOST_LOG_INTERVAL:
+            self._lost_logged = now
+            log.error(
+                "agent_trace: %d events LOST (%d in all): the store failed for %gs (%s) and "
+                "the spill file %s",
+                n,
+                self._lost,
+                self._settings.spill_after,
+                self._last_error,
+                "failed too" if self._settings.spill_path else "is turned off (spill_path=None)",
+            )
+
+    def _kill_writer_process(self, wp: WriterProcess, waited: float | None) -> None:
+        """A writer process that did not answer in time: SIGKILL it (it may be
+        stopped, or hung holding the write lock) and write in-process."""
+        if self._writer_proc is wp:
+            self._writer_proc = None
+        log.warning(
+            "agent_trace: writer process %s did not answer within %gs; killed it, "
+            "writing in-process",
+            wp.pid,
+            waited or 0,
+        )
+        wp.kill()
 
     # --- writer process (SQLite file stores) ------------------------------------
 
@@ -549,18 +703,37 @@ class Recorder:
 
     def _warn_about_leftover_spill(self) -> None:
         # A spill written by an earlier process that died before the store came
-        # back. It may belong to another store, so it is not re-appended here.
+        # back. Its lines for this store are re-appended (the spill says which
+        # store each line is for); others are left for agent_trace.ingest().
         path = self._settings.spill_path
         try:
             size = os.path.getsize(path) if path is not None else 0
         except OSError:
             return
-        if size:
+        if not size:
+            return
+        try:
+            spill = self._spill_target()
+            mine, others = spill.count(spill.owner) if spill is not None else (0, 1)
+        except Exception as exc:  # an unreadable file or a store that cannot be built
+            log.warning("agent_trace: cannot read the spill file %s: %s", path, exc)
+            return
+        if mine:
             log.warning(
-                "agent_trace: %s holds %d bytes of events spilled by an earlier run; "
-                "re-append them with agent_trace.ingest(%r) or `agent-trace ingest %s`",
+                "agent_trace: %s holds %d events spilled for this store by an earlier run; "
+                "re-appending them",
                 path,
-                size,
+                mine,
+            )
+            self._spill_pending += mine
+            self._leftover += mine
+        if others:
+            log.warning(
+                "agent_trace: %s holds %d lines spilled by an earlier run for another store "
+                "(or unreadable); re-append them with agent_trace.ingest(%r) or "
+                "`agent-trace ingest %s`",
+                path,
+                others,
                 path,
                 path,
             )
@@ -569,27 +742,20 @@ class Recorder:
         path = self._settings.spill_path
         if path is None:
             return None
-        if self._spill_file is None or self._spill_file.path != path:
-            self._spill_file = SpillFile(path)
-        return self._spill_file
+        owner = store_identity(self.store())
+        spill = self._spill_file
+        if spill is None or spill.path != path or spill.owner != owner:
+            spill = self._spill_file = SpillFile(path, owner)
+        return spill
 
     async def _drain_spill(self, store: EventStore) -> None:
         spill = self._spill_target()
         if spill is None:
             self._spill_pending = 0
             return
-        path = spill.path
-        try:
-            n = await spill.drain(store, self._settings.batch_size)
-        except ValueError as exc:  # a line that is not an event: leave the file to a human
-            log.error(
-                "agent_trace: not re-appending spill %s (%s); fix it and run agent_trace.ingest()",
-                path,
-                exc,
-            )
-        else:
-            log.warning("agent_trace: re-appended %d spilled events from %s", n, path)
-        self._spill_pending = 0
+        n = await spill.drain(store, self._settings.batch_size, only_owner=True)
+        log.warning("agent_trace: re-appended %d spilled events from %s", n, spill.path)
+        self._spill_pending = self._leftover = 0
 
     # --- shutdown ----------------------------------------------------------
 
@@ -701,10 +867,11 @@ class _Batch:
     """Events taken off the queue together: captured tuples (with id and
     timestamp), and the same as ``AgentEvent``s, built only if asked for."""
 
-    __slots__ = ("_events", "items", "sent_to")
+    __slots__ = ("_events", "items", "sent_to", "start")
 
-    def __init__(self, items: list[Captured]) -> None:
+    def __init__(self, items: list[Captured], start: int) -> None:
         self.items = items
+        self.start = start  # the first event's place in the queue order
         self._events: list[AgentEvent] | None = None
         # (writer process, epoch) while the batch is in that child's pipe.
         self.sent_to: tuple[WriterProcess, int] | None = None

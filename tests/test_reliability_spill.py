@@ -28,22 +28,25 @@ def test_write_then_read_round_trips(tmp_path):
     assert oct((tmp_path / "sub" / "spill.jsonl").stat().st_mode & 0o777) == "0o600"
 
 
-def test_a_torn_last_line_is_ignored_and_garbage_is_an_error(tmp_path):
+def test_a_torn_or_invalid_line_costs_only_that_line(tmp_path):
     path = tmp_path / "spill.jsonl"
     spill = SpillFile(path)
-    evs = _events("s", 3)
-    spill.write(evs)
+    evs = _events("s", 4)
+    spill.write(evs[:3])
     with open(path, "ab") as f:
         f.write(b'{"event_id": "torn')  # a crash in the middle of a write
+    assert spill.read() == evs[:3]
+    _, rejected = spill.scan()
+    assert [r.number for r in rejected] == [4] and "torn" in rejected[0].reason
+    # Garbage in the middle, and a line with an invalid field: each costs itself only.
+    bad_id = b'{"event_id": "x", "session_id": "bad id", "event_type": "t", "timestamp": "t"}\n'
+    path.write_bytes(path.read_bytes().replace(b'{"event_id": "torn', b"not json\n" + bad_id))
+    spill.write(evs[3:])
     assert spill.read() == evs
-    path.write_bytes(path.read_bytes().replace(b'{"event_id": "torn', b"not json\n"))
-    with pytest.raises(ValueError, match=r"spill.jsonl:4: not a spilled agent_trace event"):
-        spill.read()
-    path.write_bytes(
-        b'{"event_id": "x", "session_id": "bad id", "event_type": "t", "timestamp": "t"}\n'
-    )
-    with pytest.raises(ValueError, match="invalid session_id"):
-        spill.read()
+    _, rejected = spill.scan()
+    assert [r.number for r in rejected] == [4, 5]
+    assert rejected[0].reason.startswith("not JSON")
+    assert rejected[1].reason.startswith("field 'session_id': invalid session_id")
 
 
 async def test_ingest_is_idempotent_by_event_id(tmp_path):

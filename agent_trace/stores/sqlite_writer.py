@@ -163,6 +163,18 @@ class WriterProcess:
             proc.stdout.close()
         _live.discard(self)
 
+    def kill(self) -> None:
+        """SIGKILL the child: it stopped answering (stopped, or hung). A batch in
+        its hands is rolled back by SQLite, or was committed; either way its
+        retry, with the same event ids, writes it once."""
+        proc = self._proc
+        if proc is None:
+            return
+        with self._lock:
+            self._dead = True
+        with contextlib.suppress(OSError):
+            proc.kill()
+
     # --- appending ---------------------------------------------------------------
 
     async def append_captured(self, items: Sequence[Captured], epoch: int | None = None) -> int:
