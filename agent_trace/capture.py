@@ -16,8 +16,15 @@ a non-finite float), does a Python walk build a JSON-safe copy that:
 - writes bytes as ``{"$bytes": length}``, NaN/inf as ``"NaN"``/``"Infinity"``,
   integers beyond 64 bits as decimal strings, non-string keys with ``str()``,
   lone surrogates as backslash escapes;
-- replaces the value under any key in ``redact_keys`` (exact,
-  case-insensitive, any depth) with ``"[REDACTED]"``.
+- replaces the value under any key matching ``redact_keys`` (by the key's
+  words, see :func:`key_words`; any depth) with ``"[REDACTED]"``, and the
+  value of a ``(name, value)`` pair whose name matches (HTTP header lists);
+- masks secrets inside strings: ``Bearer``/``Basic`` credentials, secret
+  URL query parameters and ``user:password@`` userinfo, and strings shaped
+  like well-known keys (``sk-…``, ``sk-ant-…``, ``AKIA…``, ``ghp_…``, …);
+  then applies ``mask`` (``configure(mask=fn)``) to every string;
+- cuts the whole payload at ``max_event_bytes`` with a visible marker: the
+  walk stops there, so a huge value costs about that much work, not more.
 """
 
 from __future__ import annotations
@@ -26,7 +33,7 @@ import dataclasses
 import enum
 import math
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import date, datetime, time
 from decimal import Decimal
@@ -36,21 +43,103 @@ from uuid import UUID
 
 import orjson
 
-__all__ = ["DEFAULT_REDACT_KEYS", "REDACTED", "CaptureOptions", "capture", "to_jsonable"]
+__all__ = [
+    "DEFAULT_REDACT_KEYS",
+    "REDACTED",
+    "CaptureOptions",
+    "capture",
+    "key_words",
+    "mask_secrets",
+    "to_jsonable",
+]
 
+# Each entry is matched against the END of a key's words (see key_words):
+# "token" redacts access_token and id_token but not token_count or max_tokens;
+# "api_key" redacts x-api-key, apiKey and OPENAI_API_KEY but not keyword.
 DEFAULT_REDACT_KEYS = frozenset(
     {
         "api_key",
         "apikey",
+        "access_key",
+        "private_key",
+        "secret_key",
         "authorization",
         "password",
+        "passwd",
         "secret",
-        "access_token",
-        "refresh_token",
+        "token",
         "cookie",
+        "credential",
+        "credentials",
     }
 )
 REDACTED = "[REDACTED]"
+DEFAULT_MAX_EVENT_BYTES = 2_000_000
+
+_WORD_SPLIT = re.compile(r"[_\-. ]+")
+_CAMEL = re.compile(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+|[0-9]+|[^A-Za-z0-9]+")
+
+
+def key_words(key: str) -> tuple[str, ...]:
+    """A key's words, lowercased: split at ``_ - .``, spaces and camelCase.
+
+    ``"OPENAI_API_KEY"``, ``"x-api-key"`` and ``"apiKey"`` all end in
+    ``("api", "key")``; ``"APIKey"`` is ``("api", "key")``.
+    """
+    words: list[str] = []
+    for part in _WORD_SPLIT.split(key):
+        if part:
+            words.extend(w.lower() for w in _CAMEL.findall(part))
+    return tuple(words)
+
+
+# Secrets inside string values (any key). Each pattern keeps what names the
+# secret (group 1) and replaces the secret itself.
+_SECRET_NAME = (
+    r"[A-Za-z0-9_.-]{0,40}(?:key|token|secret|passw(?:or)?d|pwd|signature|sig|auth|credentials?)"
+)
+_VALUE_PATTERNS = [
+    # Authorization header values: "Bearer <token>", "Basic <base64>".
+    re.compile(r"(?i)(\b(?:bearer|basic)\s+)[A-Za-z0-9._~+/=-]{6,}"),
+    # URL userinfo: scheme://user:password@host
+    re.compile(r"([a-zA-Z][a-zA-Z0-9+.-]{0,30}://[^\s:/?#@\"]{0,200}:)[^\s/?#@\"]{1,500}(?=@)"),
+    # URL query parameters with a secret name: ?api_key=..., &token=...
+    re.compile(r"(?i)([?&;]" + _SECRET_NAME + r"=)[^&#\s\"]+"),
+    # Well-known key shapes.
+    re.compile(
+        r"()\b(?:sk-ant-[A-Za-z0-9_-]{16,}|sk-(?:proj-)?[A-Za-z0-9_-]{16,}|"
+        r"AKIA[0-9A-Z]{16}|ASIA[0-9A-Z]{16}|gh[pousr]_[A-Za-z0-9]{30,}|"
+        r"github_pat_[A-Za-z0-9_]{30,}|xox[abprs]-[A-Za-z0-9-]{10,}|"
+        r"AIza[0-9A-Za-z_-]{35})"
+    ),
+]
+# A cheap test on the serialized payload: could any of the above be in it?
+# A few bytes.find calls (one regex alternation of the same literals costs
+# several times as much): the shapes SPEC 4 names. The walk, once taken for
+# any reason, masks every pattern above.
+_QUERY_SECRET = re.compile(
+    rb"[?&;][A-Za-z0-9_.-]{0,40}(?i:key|token|secret|pass|pwd|sig|auth|credential)"
+    rb"[A-Za-z0-9_.-]{0,40}="
+)
+
+
+def _may_hold_secret(out: bytes) -> bool:
+    find = out.find
+    if find(b"sk-") >= 0 or find(b"earer ") >= 0 or find(b"AKIA") >= 0 or find(b"ghp_") >= 0:
+        return True
+    at = find(b"://")
+    if at >= 0 and find(b"@", at) >= 0:
+        return True
+    return find(b"=") >= 0 and _QUERY_SECRET.search(out) is not None
+
+
+def mask_secrets(text: str) -> str:
+    """``text`` with credentials in it replaced by ``[REDACTED]`` (see the module doc)."""
+    for pattern in _VALUE_PATTERNS:
+        if pattern.search(text):
+            text = pattern.sub(lambda m: m.group(1) + REDACTED, text)
+    return text
+
 
 # Dataclasses go through _default as dicts: orjson writes their fields in
 # declaration order even with OPT_SORT_KEYS, and captured bytes must already be
@@ -69,6 +158,10 @@ class CaptureOptions:
     max_depth: int = 32
     max_items: int = 10_000
     redact_keys: frozenset[str] = DEFAULT_REDACT_KEYS
+    #: One event's captured payload is cut at about this many bytes (a marker says so).
+    max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES
+    #: Applied to every captured string (``configure(mask=fn)``); raising redacts it.
+    mask: Callable[[str], Any] | None = None
     # Derived at construction: one regex finds any redacted key in JSON output.
     _key_re: re.Pattern[bytes] | None = dataclasses.field(
         default=None, init=False, repr=False, compare=False
@@ -78,25 +171,54 @@ class CaptureOptions:
     _key_verdicts: dict[tuple[str, ...], bool] | None = dataclasses.field(
         default=None, init=False, repr=False, compare=False
     )
+    # Each redact key as words (matched against the end of a key's words), and
+    # a cache of verdicts per key seen.
+    _word_keys: frozenset[tuple[str, ...]] = dataclasses.field(
+        default=frozenset(), init=False, repr=False, compare=False
+    )
+    _verdicts: dict[str, bool] = dataclasses.field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
 
     def __post_init__(self) -> None:
         keys = frozenset(k.lower() for k in self.redact_keys)
         object.__setattr__(self, "redact_keys", keys)
+        words = frozenset(w for w in (key_words(k) or (k,) for k in keys) if w)
+        object.__setattr__(self, "_word_keys", words)
         if keys:
-            escaped = [orjson.dumps(k)[1:-1] for k in sorted(keys)]
-            alts = b"|".join(re.escape(e) for e in escaped)
+            # A key's words end in a redact key's words when its lowercased text
+            # ends in those words with any separators between them (or none:
+            # camelCase). A loose test: a match only sends the value to the walk.
+            alts = b"|".join(
+                b"[-_. ]*".join(re.escape(orjson.dumps(w)[1:-1]) for w in ws)
+                for ws in sorted(words)
+            )
             # Matched against the lowercased output: cheaper than re.IGNORECASE.
-            object.__setattr__(self, "_key_re", re.compile(b'"(?:' + alts + b')":'))
+            # ":" ends an object key, "," the name in a (name, value) pair.
+            object.__setattr__(self, "_key_re", re.compile(b"(?:" + alts + b')"[:,]'))
+            escaped = [orjson.dumps(k)[1:-1] for k in sorted(keys)]
             if all(
                 e and e == k.encode() and not _JSON_SYNTAX.intersection(e)
                 for e, k in zip(escaped, sorted(keys), strict=True)
             ):
                 object.__setattr__(self, "_key_verdicts", {})
 
+    def redacts(self, key: str) -> bool:
+        """Does ``key`` name a secret: do its words end with a redact key's words?"""
+        verdicts = self._verdicts
+        found = verdicts.get(key)
+        if found is None:
+            words = key_words(key) or (key.lower(),)
+            found = any(words[len(words) - len(w) :] == w for w in self._word_keys)
+            if len(verdicts) < 10_000:
+                verdicts[key] = found
+        return found
+
     def _keys_match(self, keys: tuple[str, ...], out: bytes) -> bool:
         """Would ``_key_re`` match ``out``, JSON whose object keys are exactly ``keys``?
 
-        A match is a quote, a redact key, a quote and a colon. When the redact
+        A match is a quote, a key ending in a redact key's words, a quote and a
+        colon (or a comma: the name of a pair). When the redact
         keys are plain (JSON writes them as they are, and they hold no quote,
         backslash or structural character), the second quote follows a plain
         character, so it is neither escaped nor a string's opening quote: it
@@ -118,6 +240,10 @@ class CaptureOptions:
     def with_redact(self, extra: Iterable[str]) -> CaptureOptions:
         """These options plus more keys to redact."""
         return dataclasses.replace(self, redact_keys=self.redact_keys | frozenset(extra))
+
+    def needs_walk(self, out: bytes) -> bool:
+        """Must the walk look at this serialized value (secrets, size, a mask)?"""
+        return self.mask is not None or len(out) > self.max_event_bytes or _may_hold_secret(out)
 
 
 DEFAULT_OPTIONS = CaptureOptions()
@@ -149,6 +275,8 @@ def capture(
                 redact = options._keys_match(keys, out)
         if redact:
             return _slow(value, options)
+    if options.needs_walk(out):
+        return _slow(value, options)
     # find(), not `in`: bytes.__contains__ first tries its operand as an int
     # and pays for the TypeError, which doubles the cost of this test.
     if out.find(b"null") >= 0 and _has_nonfinite(value, 0):
@@ -167,9 +295,17 @@ def to_jsonable(value: Any, options: CaptureOptions = DEFAULT_OPTIONS) -> Any:
 
 def _slow(value: Any, options: CaptureOptions) -> bytes:
     try:
-        return b"%b" % orjson.dumps(_Walker(options).walk(value, 0), option=_OPTS)
+        out = b"%b" % orjson.dumps(_Walker(options).walk(value, 0), option=_OPTS)
     except Exception as exc:  # the walker's output is JSON-safe; this is a last resort
         return orjson.dumps({"$unserializable": _describe(value), "error": _safe_str(exc)})
+    if len(out) > options.max_event_bytes * 2:
+        # The walk cuts at max_event_bytes of values; keys and structure alone
+        # can still exceed it. Keep a visible note instead of the payload.
+        return orjson.dumps(
+            {"$truncated": f"payload of {len(out)} bytes exceeds max_event_bytes"},
+            option=_OPTS,
+        )
+    return out
 
 
 def _default(obj: Any) -> Any:
@@ -214,16 +350,23 @@ def _has_nonfinite(value: Any, depth: int) -> bool:
     return False
 
 
+_CUT = "<cut: the event reached max_event_bytes ({})>"
+
+
 class _Walker:
-    __slots__ = ("_active", "_opts")
+    __slots__ = ("_active", "_budget", "_opts")
 
     def __init__(self, options: CaptureOptions) -> None:
         self._opts = options
         # Containers on the current path only: a value shared by two branches
         # is fine, one that contains itself is a cycle.
         self._active: set[int] = set()
+        # Bytes of values still allowed in this payload (roughly: string
+        # lengths plus a few bytes per item). At zero the walk stops.
+        self._budget = options.max_event_bytes
 
     def walk(self, v: Any, depth: int) -> Any:
+        self._budget -= 8
         if v is None or isinstance(v, bool):
             return v
         if isinstance(v, str):
@@ -270,16 +413,19 @@ class _Walker:
 
     def _mapping(self, items: Iterable[tuple[Any, Any]], n: int, depth: int) -> dict[str, Any]:
         out: dict[str, Any] = {}
-        redact = self._opts.redact_keys
-        limit = self._opts.max_items
+        opts = self._opts
+        limit = opts.max_items
         for i, (k, val) in enumerate(items):
             if i >= limit:
                 out["$truncated"] = f"{n - limit} more items"
                 break
+            if self._budget <= 0:
+                out["$truncated"] = _CUT.format(opts.max_event_bytes)
+                break
             key = self._key(k)
             if key in out:  # e.g. {1: .., "1": ..}: keep both, visibly
                 key = f"{key} ({type(k).__name__})"
-            if key.lower() in redact:
+            if opts.redact_keys and opts.redacts(key):
                 out[key] = REDACTED
             else:
                 out[key] = self.walk(val, depth + 1)
@@ -287,27 +433,52 @@ class _Walker:
 
     def _sequence(self, seq: Iterable[Any], n: int, depth: int) -> list[Any]:
         out: list[Any] = []
-        limit = self._opts.max_items
+        opts = self._opts
+        limit = opts.max_items
         for i, item in enumerate(seq):
             if i >= limit:
                 out.append(f"<{n - limit} more items>")
                 break
+            if self._budget <= 0:
+                out.append(_CUT.format(opts.max_event_bytes))
+                break
             out.append(self.walk(item, depth + 1))
+        if (
+            len(out) == 2
+            and isinstance(out[0], str)
+            and out[1] != REDACTED
+            and opts.redact_keys
+            and opts.redacts(out[0])
+        ):
+            # A (name, value) pair, as in HTTP header lists: the name says secret.
+            out[1] = REDACTED
         return out
 
     def _key(self, k: Any) -> str:
         if isinstance(k, str):
-            return self._str(k)
+            return self._text(k)
         if isinstance(k, enum.Enum):
             k = k.value
         if k is None or isinstance(k, (bool, int, float)):
             return orjson.dumps(self.walk(k, 0)).decode().strip('"')
         if isinstance(k, (datetime, date, time)):
             return k.isoformat()
-        return self._str(_describe(k, 200))
+        return self._text(_describe(k, 200))
 
     def _str(self, s: str) -> str:
-        limit = self._opts.max_value_chars
+        s = self._text(s)
+        opts = self._opts
+        if opts.mask is not None:
+            try:
+                masked = opts.mask(s)
+            except Exception:  # a failing mask hides the value; it never raises into the agent
+                return REDACTED
+            s = masked if isinstance(masked, str) else self._text(_describe(masked, 200))
+        return mask_secrets(s)
+
+    def _text(self, s: str) -> str:
+        limit = min(self._opts.max_value_chars, max(self._budget, 0) + 64)
+        self._budget -= min(len(s), limit)
         if len(s) > limit:
             s = f"{s[:limit]}…[truncated {len(s) - limit} chars]"
         try:

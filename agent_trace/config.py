@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, fields, replace
 from typing import TYPE_CHECKING, Any, Literal
 
-from agent_trace.capture import DEFAULT_REDACT_KEYS, CaptureOptions
+from agent_trace.capture import DEFAULT_MAX_EVENT_BYTES, DEFAULT_REDACT_KEYS, CaptureOptions
 from agent_trace.spill import DEFAULT_SPILL_PATH
 
 if TYPE_CHECKING:
@@ -59,6 +59,14 @@ class Settings:
     #: and inserts them on another core. "auto" starts it once the writer
     #: falls a batch behind; "never" keeps all work in this process.
     writer_process: WriterProcessMode = "auto"
+
+    # --- secrets and size (SPEC 4) ---
+    #: One event's captured payload is cut at about this many bytes, with a marker.
+    max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES
+    #: ``fn(str) -> str`` applied to every captured string (e.g. to hide e-mail
+    #: addresses); a mask that raises redacts that value.
+    mask: Callable[[str], Any] | None = None
+
     capture: CaptureOptions = field(default_factory=CaptureOptions, compare=False)
 
     def __post_init__(self) -> None:
@@ -86,6 +94,10 @@ class Settings:
         object.__setattr__(self, "sinks", sinks)
         keys = frozenset(k.lower() for k in self.redact_keys)
         object.__setattr__(self, "redact_keys", keys)
+        if int(self.max_event_bytes) < 1024:
+            raise ValueError(f"max_event_bytes must be >= 1024, got {self.max_event_bytes!r}")
+        if self.mask is not None and not callable(self.mask):
+            raise TypeError(f"mask must be a callable str -> str, got {self.mask!r}")
         object.__setattr__(
             self,
             "capture",
@@ -94,6 +106,8 @@ class Settings:
                 max_depth=self.max_depth,
                 max_items=self.max_items,
                 redact_keys=keys,
+                max_event_bytes=int(self.max_event_bytes),
+                mask=self.mask,
             ),
         )
 

@@ -8,8 +8,10 @@ The documented normalized form (``agent_trace.capture``), mirrored here by
 - integers outside [-2**63, 2**64) become their decimal string;
 - lone surrogates in strings and keys become backslash escapes (``"\\ud800"``);
   a key that then collides with an existing one gets a `` (str)`` suffix;
-- the value under a redacted key (``password``, ``api_key``, ...) becomes
-  ``"[REDACTED]"``;
+- the value under a redacted key (``password``, ``api_key``, ``x-api-key``,
+  ...; by the key's words) becomes ``"[REDACTED]"``, as does the second item
+  of a ``(name, value)`` pair whose name is one; secrets inside strings
+  (``Bearer …``, ``sk-…``, URL passwords) are masked;
 - a container nested ``max_depth`` (32) deep becomes
   ``"<max depth 32 reached: list>"`` when the payload takes capture's slow
   path (any of the rules above applies, or it nests deeper than orjson's
@@ -33,11 +35,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import agent_trace as at
-from agent_trace.capture import DEFAULT_REDACT_KEYS, REDACTED
+from agent_trace.capture import REDACTED, CaptureOptions, mask_secrets
 from agent_trace.events import AgentEvent, format_timestamp, uuid7
 from agent_trace.stores import JSONLStore, MemoryStore, SQLiteStore
 
 MAX_DEPTH = 32
+_OPTIONS = CaptureOptions()
 
 _keys = st.one_of(
     st.text(max_size=12),  # includes "" and lone surrogates
@@ -84,17 +87,20 @@ def normalized(value: Any, depth: int = 0) -> Any:
             return "Infinity" if value > 0 else "-Infinity"
         return value
     if isinstance(value, str):
-        return _text(value)
+        return mask_secrets(_text(value))
     if depth >= MAX_DEPTH:
         return f"<max depth {MAX_DEPTH} reached: {type(value).__name__}>"
     if isinstance(value, (list, tuple)):
-        return [normalized(v, depth + 1) for v in value]
+        items = [normalized(v, depth + 1) for v in value]
+        if len(items) == 2 and isinstance(items[0], str) and _OPTIONS.redacts(items[0]):
+            items[1] = REDACTED  # a (name, value) pair such as an HTTP header
+        return items
     out: dict[str, Any] = {}
     for k, v in value.items():
         key = _text(k)
         if key in out:
             key = f"{key} (str)"
-        out[key] = REDACTED if key.lower() in DEFAULT_REDACT_KEYS else normalized(v, depth + 1)
+        out[key] = REDACTED if _OPTIONS.redacts(key) else normalized(v, depth + 1)
     return out
 
 

@@ -165,8 +165,13 @@ class PostgresStore:
             raise ValueError(f"not a PostgreSQL URL: {mask_url(str(url))!r}")
         try:
             urlsplit(url).port  # noqa: B018 - parsing it is the check
-        except ValueError as exc:
-            raise ValueError(f"invalid PostgreSQL URL {mask_url(url)!r}: {exc}") from None
+        except ValueError:
+            # Not the parser's message: it quotes the text it took for a port,
+            # which for a password holding "/", "?" or "#" is part of the password.
+            raise ValueError(
+                f"invalid PostgreSQL URL {mask_url(url)!r}: the port is not a number (a "
+                "password holding '/', '?', '#' or '@' must be percent-encoded)"
+            ) from None
         dsn, url_schema, has_app_name = _split_url(url)
         schema = schema or url_schema or DEFAULT_SCHEMA
         if not _SCHEMA_RE.match(schema):
