@@ -139,6 +139,7 @@ class FileChanged(StoreError):
 
 
 FileId = tuple[int, int]
+_MAGIC = b"SQLite format 3\x00"
 
 
 def _file_id(path: str) -> FileId | None:
@@ -159,6 +160,18 @@ def check_same_file(path: str, opened: FileId | None) -> None:
         raise FileChanged(
             f"SQLite store {path!r} was {what} while this process was writing to it; "
             "the store reopens the path, events go to the new file"
+        )
+    # The header is what a stray write (or a copy over the file) hits first,
+    # and a connection with its pages cached may not read it again soon.
+    try:
+        with open(path, "rb") as f:
+            header = f.read(16)
+    except OSError:
+        return  # unreadable here: SQLite itself reports it on the append
+    if header and header != _MAGIC:
+        raise StoreError(
+            f"SQLite store {path!r} is corrupt (its header was overwritten); appends go to "
+            "the spill file until it is repaired or replaced"
         )
 
 
@@ -360,6 +373,7 @@ class SQLiteStore:
                 raise
             with self._guard:
                 self._conn = pair
+                self._file = None if self.path == ":memory:" else _file_id(self.path)
             opening.set_result(pair)
             return pair
 
