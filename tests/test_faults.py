@@ -161,23 +161,47 @@ def test_a_deleted_sqlite_file_loses_no_event_acknowledged_after_the_deletion(
 
 
 def test_a_corrupted_sqlite_file_sends_later_events_to_the_spill(tmp_path: Path) -> None:
-    db, spill = tmp_path / "events.db", tmp_path / "spill.jsonl"
-    report, stderr = run_child(
-        tmp_path,
-        f"""
-        db = {str(db)!r}
-        at.configure(store="sqlite:///" + db, writer_process="never",
-                     spill_path={str(spill)!r}, spill_after=0.3)
-        ticks("before", 100, flush_every=100)
-        with open(db, "r+b") as f:  # a stray write over the header
-            f.write(b"\\xa5" * 100)
-        ticks("after", 100, flush_every=20)
-        report()
-        """,
+    db, spill, go = tmp_path / "events.db", tmp_path / "spill.jsonl", tmp_path / "go"
+    script = f"""
+import sqlite3
+db = {str(db)!r}
+at.configure(store="sqlite:///" + db, writer_process="never",
+             spill_path={str(spill)!r}, spill_after=0.3)
+ticks("before", 3000, pad=100, flush_every=1000)
+c = sqlite3.connect(db)
+c.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+c.close()
+print("ready", flush=True)
+while not os.path.exists({str(go)!r}):
+    time.sleep(0.01)
+ticks("after", 100, flush_every=20)
+report()
+"""
+    path = tmp_path / "child.py"
+    path.write_text(PRELUDE + script)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AGENT_TRACE_")}
+    child = subprocess.Popen(
+        [sys.executable, str(path)],
+        cwd=tmp_path,
+        env={**env, "PYTHONPATH": str(ROOT)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
-    assert "corrupt" in stderr
+    assert child.stdout is not None and child.stdout.readline().strip() == "ready"
+    with open(db, "r+b") as f:  # another process scribbles over every page but the first
+        size = f.seek(0, 2)
+        f.seek(4096)
+        f.write(b"\xa5" * (size - 4096))
+    go.touch()
+    out, stderr = child.communicate(timeout=120)
+    assert child.returncode == 0, stderr
+    report = json.loads(next(x[7:] for x in out.splitlines() if x.startswith("REPORT ")))
+    assert "is corrupt" in stderr
     assert spilled_ticks(spill, "after") == list(range(100))
     assert report["stats"]["spilled"] >= 100 and report["stats"]["lost"] == 0
+    result = verify(db)
+    assert not result.ok and "cannot be read" in (result.failures[0].reason or "")
 
 
 # --- the spill file: bound to its store, drained when the store is back ------------------

@@ -139,7 +139,6 @@ class FileChanged(StoreError):
 
 
 FileId = tuple[int, int]
-_MAGIC = b"SQLite format 3\x00"
 
 
 def _file_id(path: str) -> FileId | None:
@@ -161,18 +160,9 @@ def check_same_file(path: str, opened: FileId | None) -> None:
             f"SQLite store {path!r} was {what} while this process was writing to it; "
             "the store reopens the path, events go to the new file"
         )
-    # The header is what a stray write (or a copy over the file) hits first,
-    # and a connection with its pages cached may not read it again soon.
-    try:
-        with open(path, "rb") as f:
-            header = f.read(16)
-    except OSError:
-        return  # unreadable here: SQLite itself reports it on the append
-    if header and header != _MAGIC:
-        raise StoreError(
-            f"SQLite store {path!r} is corrupt (its header was overwritten); appends go to "
-            "the spill file until it is repaired or replaced"
-        )
+    # Never open() the database file here to look at it: closing any descriptor
+    # of it drops every POSIX lock this process holds on it, SQLite's included
+    # (SQLite's "How To Corrupt" page, 2.2). os.stat opens nothing.
 
 
 class _OpenInterrupted(Exception):
@@ -243,6 +233,10 @@ class SQLiteStore:
                     self._conn, self._opening = None, None
             await conn.close()
             raise
+        except sqlite3.DatabaseError as exc:
+            if isinstance(exc, sqlite3.OperationalError):
+                raise  # locked, busy, disk full: the file itself is fine
+            raise StoreError(f"SQLite store {self.path!r} is corrupt: {exc}") from exc
 
     async def stored_rows(
         self, session_id: str | None = None, after_position: int = 0, limit: int | None = None
