@@ -622,7 +622,11 @@ async def cmd_verify(args: argparse.Namespace, store: EventStore, out: Output) -
 
     try:
         return await _verify(args, store, out)
-    except (StoreError, sqlite3.DatabaseError) as exc:
+    except (StoreError, sqlite3.DatabaseError, ConnectionError) as exc:
+        if isinstance(exc, ConnectionError) and not isinstance(
+            exc.__cause__, sqlite3.DatabaseError
+        ):
+            raise  # unreachable, not unreadable: a usage error (exit 2)
         # The store cannot even be read back in order (a line cut out of a JSONL
         # file, a corrupt SQLite file): a failed verification, not a usage error.
         if out.json:
@@ -736,16 +740,26 @@ async def cmd_ingest(args: argparse.Namespace, store: EventStore, out: Output) -
 
     if not os.path.isfile(args.file):
         raise UsageError(f"no such file: {args.file}")
-    try:
-        with out.status(f"ingesting {args.file}"):
-            written = await ingest(args.file, store, remove=args.remove)
-    except ValueError as exc:  # a line that is not an event: nothing after it was written
-        raise UsageError(str(exc)) from None
+    from agent_trace.spill import SpillFile
+
+    spill = SpillFile(args.file)
+    refused = len((await asyncio.to_thread(spill.scan))[1])
+    with out.status(f"ingesting {args.file}"):
+        # Each torn or invalid line is refused (logged naming the line and the
+        # field, kept in FILE.rejected); the others are ingested.
+        written = await ingest(args.file, store, remove=args.remove)
     if out.json:
-        out.emit_json({"path": args.file, "written": written, "removed": args.remove})
+        out.emit_json(
+            {"path": args.file, "written": written, "removed": args.remove, "refused": refused}
+        )
     else:
         out.line(f"ingested {args.file}: {_plural(written, 'new event')} written")
-    return 0
+        if refused:
+            out.line(
+                f"{_plural(refused, 'line')} refused, kept in {spill.rejected_path}",
+                style="bold red",
+            )
+    return 1 if refused else 0
 
 
 async def cmd_tail(args: argparse.Namespace, store: EventStore, out: Output) -> int:

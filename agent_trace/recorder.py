@@ -616,6 +616,7 @@ class Recorder:
 
         self._writer_starts += 1
         wp = WriterProcess(store.path, store.busy_timeout_ms, store.synchronous)
+        wp.send_timeout = max(self._settings.spill_after, _MIN_ATTEMPT)
         try:
             wp.start()
         except OSError as exc:

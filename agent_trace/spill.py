@@ -116,6 +116,9 @@ class SpillFile:
         try:
             with _locked(fd):
                 start = os.fstat(fd).st_size
+                if start and os.pread(fd, 1, start - 1) != b"\n":
+                    # A line torn by a crash: end it, so it costs only itself.
+                    data = b"\n" + data
                 try:
                     _write_all(fd, data)
                     os.fsync(fd)

@@ -368,7 +368,7 @@ def test_ingest(store, tmp_path):
 
     # --remove empties the file once everything is stored; --json reports it.
     data = json.loads(ok("--store", fresh, "ingest", str(exported), "--remove", "--json"))
-    assert data == {"path": str(exported), "written": 0, "removed": True}
+    assert data == {"path": str(exported), "written": 0, "removed": True, "refused": 0}
     assert exported.read_bytes() == b""
 
 
@@ -376,9 +376,15 @@ def test_ingest_errors(tmp_path):
     fresh = f"sqlite:///{tmp_path}/fresh.db"
     assert "no such file" in usage_error("--store", fresh, "ingest", str(tmp_path / "nope.jsonl"))
     bad = tmp_path / "bad.jsonl"
-    bad.write_text('{"not": "an event"}\n')
-    err = usage_error("--store", fresh, "ingest", str(bad))
-    assert f"{bad}:1: not a spilled agent_trace event" in err
+    good = {"event_id": "e1", "session_id": "s", "event_type": "t"}
+    good["timestamp"] = "2024-01-01T00:00:00.000000+00:00"
+    bad.write_text('{"not": "an event"}\n' + json.dumps(good) + "\n")
+    # A bad line costs only itself: refused naming the line and field, the rest ingested.
+    proc = cli("--store", fresh, "ingest", str(bad))
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert f"{bad}:1: field 'event_id': is missing" in proc.stderr
+    assert "1 new event written" in proc.stdout and "1 line refused" in proc.stdout
+    assert (tmp_path / "bad.jsonl.rejected").read_text() == '{"not": "an event"}\n'
 
 
 # --- tail ------------------------------------------------------------------------------

@@ -396,9 +396,6 @@ class SQLiteStore:
             await conn._execute(self._set_up, db)
         except BaseException as exc:
             await conn.close()
-            if isinstance(exc, sqlite3.Error) and not isinstance(exc, sqlite3.OperationalError):
-                # SQLITE_CORRUPT / SQLITE_NOTADB: the file is there but damaged.
-                raise StoreError(f"SQLite store {path!r} is corrupt: {exc}") from exc
             if isinstance(exc, sqlite3.Error):
                 raise ConnectionError(f"cannot open SQLite store {path!r}: {exc}") from exc
             raise

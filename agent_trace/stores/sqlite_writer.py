@@ -39,6 +39,7 @@ import contextlib
 import logging
 import marshal
 import os
+import select
 import signal
 import sqlite3
 import struct
@@ -89,6 +90,10 @@ class WriterProcess:
         self.pid: int | None = None
         self.exit_reason: str | None = None
         self._started: float | None = None
+        #: Seconds a batch may wait for room in the child's input pipe. A child
+        #: that stopped reading (SIGSTOP, hung) is killed after this, instead of
+        #: blocking the recorder's writer thread in a write for ever.
+        self.send_timeout: float | None = 10.0
 
     # --- lifecycle -------------------------------------------------------------
 
@@ -112,6 +117,8 @@ class WriterProcess:
             start_new_session=True,
         )
         self.pid = self._proc.pid
+        if self._proc.stdin is not None and hasattr(os, "set_blocking"):
+            os.set_blocking(self._proc.stdin.fileno(), False)  # see _send: writes time out
         self._started = time.monotonic()
         _live.add(self)
         threading.Thread(
@@ -200,7 +207,16 @@ class WriterProcess:
                 raise WriterProcessError(self.gone_message())
             self._pending.append(fut)
             try:
-                _send(proc.stdin, body)
+                _send_fd(proc.stdin.fileno(), body, self.send_timeout)
+            except TimeoutError as exc:
+                # The child stopped reading: it is stopped or hung, maybe holding the
+                # write lock. Kill it; the batch is retried (same ids) in-process.
+                self._pending.remove(fut)
+                self._dead = True
+                self.exit_reason = f"stopped reading its input for {self.send_timeout:g}s; killed"
+                with contextlib.suppress(OSError):
+                    proc.kill()
+                raise WriterProcessError(self.gone_message()) from exc
             except (OSError, ValueError) as exc:  # EPIPE, or closed under us
                 self._pending.remove(fut)
                 self._dead = True
@@ -229,13 +245,13 @@ class WriterProcess:
                 if fut is None:
                     break  # an answer nobody asked for: the stream is out of step
                 if answer[0] == "ok":
-                    fut.set_result(answer[1])
+                    _settle(fut, result=answer[1])
                 elif answer[0] == "skipped":
-                    fut.set_exception(WriterProcessSkipped("skipped behind a failed batch"))
+                    _settle(fut, WriterProcessSkipped("skipped behind a failed batch"))
                 else:
                     with self._lock:
                         self._epoch += 1  # before the sender can see the failure
-                    fut.set_exception(WriterProcessError(f"{answer[1]}: {answer[2]}"))
+                    _settle(fut, WriterProcessError(f"{answer[1]}: {answer[2]}"))
         except (OSError, ValueError, EOFError) as exc:
             self.exit_reason = f"{type(exc).__name__}: {exc}"
         finally:
@@ -253,12 +269,25 @@ class WriterProcess:
             for fut in pending:
                 # Committed or not is unknown: the batch is retried, and its
                 # fixed event ids make a retry of a committed batch a no-op.
-                fut.set_exception(WriterProcessError(self.gone_message()))
+                _settle(fut, WriterProcessError(self.gone_message()))
 
     def gone_message(self) -> str:
         """Why appends through this child can no longer work (for errors and logs)."""
         reason = f" ({self.exit_reason})" if self.exit_reason else ""
         return f"agent_trace writer process {self.pid} for {self.path!r} is gone{reason}"
+
+
+def _settle(
+    fut: concurrent.futures.Future[int], exc: BaseException | None = None, result: int = 0
+) -> None:
+    """Resolve ``fut`` unless its waiter gave up on it (cancelled after a timeout)."""
+    if fut.cancelled():
+        return
+    with contextlib.suppress(concurrent.futures.InvalidStateError):
+        if exc is not None:
+            fut.set_exception(exc)
+        else:
+            fut.set_result(result)
 
 
 def _read_frame(stream: IO[bytes]) -> Any:
@@ -279,6 +308,24 @@ def _read_frame(stream: IO[bytes]) -> Any:
 
 def _write_frame(stream: IO[bytes], value: Any) -> None:
     _send(stream, marshal.dumps(value))
+
+
+def _send_fd(fd: int, body: bytes, timeout: float | None) -> None:
+    """One frame on a non-blocking pipe; ``TimeoutError`` if the reader makes no
+    room for it within ``timeout`` seconds."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    for part in (_HEADER.pack(len(body)), body):
+        view = memoryview(part)
+        while view:
+            try:
+                view = view[os.write(fd, view) :]
+                continue
+            except BlockingIOError:
+                pass
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                raise TimeoutError("the pipe stayed full")
+            select.select([], [fd], [], left)
 
 
 def _send(stream: IO[bytes], body: bytes) -> None:
