@@ -658,6 +658,10 @@ def text_diff(expected: str, actual: str, context: int = 6, hunks: int = 3) -> l
     return out
 
 
+def _ending(stats: RunStats) -> str:
+    return f"status {stats.status}" + (f" ({stats.error})" if stats.error else "")
+
+
 def _behaviour(events: Sequence[AgentEvent]) -> list[DecisionPoint]:
     return [p for p in decision_points(events) if p.kind != "llm"]
 
@@ -705,7 +709,7 @@ def judge(
                 e.kind if e else "session",
                 e.name if e else "end",
                 "error",
-                e.value if e else _NOTHING,
+                e.value if e else _ending(before),
                 raised,
                 e.field if e else "status",
             )
@@ -733,8 +737,8 @@ def judge(
             "session",
             "end",
             "ending",
-            f"status {before.status}" + (f" ({before.error})" if before.error else ""),
-            f"status {after.status}" + (f" ({after.error})" if after.error else ""),
+            _ending(before),
+            _ending(after),
             "status",
         )
 

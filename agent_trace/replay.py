@@ -37,9 +37,11 @@ A replay never modifies the recorded session; it only reads it.
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import builtins
 import concurrent.futures
+import contextlib
 import contextvars
 import inspect
 import sys
@@ -439,6 +441,10 @@ def recorded_exception(error_type: str | None, message: str | None) -> BaseExcep
         and issubclass(exc_type, BaseException)
         and name not in _NOT_REPLAYED
     ):
+        if issubclass(exc_type, KeyError):
+            # str(KeyError(k)) is repr(k): recorded "'id'" replays as KeyError('id').
+            with contextlib.suppress(ValueError, SyntaxError, MemoryError, RecursionError):
+                return exc_type(ast.literal_eval(text))
         try:
             return exc_type(text)
         except Exception:  # e.g. UnicodeDecodeError wants five arguments
