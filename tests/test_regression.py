@@ -347,3 +347,75 @@ def test_sync_entry_point_runs_its_own_loop(store):
         return [r.diverged for r in report.results]
 
     assert asyncio.run(go()) == [False, False]
+
+
+# --- the pytest plugin, as a user's project runs it ------------------------------------
+
+PLUGIN_TESTS = """
+import sys
+import pytest
+import agent_trace as at
+
+sys.path.insert(0, {targets_dir!r})
+import regression_targets as targets
+
+STORE = {store!r}
+at.configure(store="memory://")
+
+
+@pytest.mark.agent_trace_replay(store=STORE)
+def test_unchanged(recorded_session, agent_replay):
+    assert agent_replay(targets.unchanged) == recorded_session.final_response
+
+
+@pytest.mark.agent_trace_replay(store=STORE, select="metadata.topic=heat pumps")
+def test_patient(recorded_session, agent_replay):
+    agent_replay(targets.patient)
+
+
+@pytest.mark.agent_trace_replay(store=STORE, select="limit=1", mock="tool")
+def test_live_llm(recorded_session, agent_replay):
+    agent_replay(targets.unchanged)
+    assert agent_replay.result.before.total_tokens == agent_replay.result.after.total_tokens
+
+
+def test_without_marker(recorded_session):
+    pass
+"""
+
+
+def test_pytest_plugin_runs_without_a_conftest(store, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from test_cli import env
+
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "test_agent.py").write_text(
+        PLUGIN_TESTS.format(targets_dir=str(TARGETS.parent), store=store)
+    )
+    e = env()
+    e.pop("PYTHONPATH", None)  # the plugin must come from the installed entry point
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-v", "-p", "no:cacheprovider", "-p", "no:asyncio"],
+        cwd=project,
+        env=e,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    out = proc.stdout + proc.stderr
+    assert sorted(os.listdir(project)) == ["test_agent.py"]  # no conftest, nothing written
+    assert proc.returncode == 1, out
+    for sid in SESSIONS:
+        assert f"test_agent.py::test_unchanged[{sid}] PASSED" in out
+    assert "test_agent.py::test_patient[research-03] FAILED" in out
+    assert out.count("test_agent.py::test_patient[") == 2  # one heat-pump session: -v, summary
+    assert "test_agent.py::test_live_llm[research-07] PASSED" in out
+    step = recorded_versions(store, "research-03", "fetch_page", "energy.example.org")[0]
+    assert f"session research-03 diverged at step {step} (tool 'fetch_page')" in out
+    assert "at args.timeout: recorded 2.0, now 5.0" in out
+    assert "recorded_session needs @pytest.mark.agent_trace_replay" in out
+    assert "1 failed, 9 passed, 1 error" in out

@@ -25,7 +25,7 @@ def test_replay_regression_example_passes(tmp_path):
         timeout=120,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "4 passed" in proc.stdout
+    assert "12 passed" in proc.stdout
     assert list(tmp_path.iterdir()) == []  # recordings went to pytest's tmp dir
 
 
