@@ -353,8 +353,9 @@ class RunStats:
             if ev.event_type == "session_ended":
                 error = f"{p['error_type']}: {p.get('error')}" if p.get("error_type") else None
             elif ev.event_type == "llm_responded":
-                name = p.get("model") if isinstance(p.get("model"), str) else "unknown"
-                usage = p.get("usage") if isinstance(p.get("usage"), dict) else {}
+                model, usage = p.get("model"), p.get("usage")
+                name = model if isinstance(model, str) else "unknown"
+                usage = usage if isinstance(usage, dict) else {}
                 inp, out = _count(usage.get("input_tokens")), _count(usage.get("output_tokens"))
                 total = _count(usage.get("total_tokens")) or inp + out
                 m = models.get(name, ModelStats())
@@ -501,7 +502,7 @@ class Divergence:
 def _point_text(kind: str, name: str, field: str, value: Any, width: int = 160) -> str:
     """A recorded or replayed call in one line: ``tool search(query='x', page=2)``."""
     if value is _NOTHING:
-        return _NOTHING
+        return str(value)
     if field == "args":
         if isinstance(value, dict):
             inner = ", ".join(f"{k}={_arg_text(v)}" for k, v in value.items())
