@@ -445,12 +445,16 @@ class Divergence:
 
     @property
     def expected_text(self) -> str:
+        if self.reason == "unexpected_call":
+            return "(no such call left in the recording)"
         return _point_text(self.kind, self.name, self.field, self.expected)
 
     @property
     def actual_text(self) -> str:
         if self.reason == "error":
             return f"raised {self.actual}"
+        if self.reason == "not_called":
+            return "(never called)"
         return _point_text(self.kind, self.name, self.field, self.actual)
 
     def cells(self) -> tuple[str, str, str]:
@@ -555,8 +559,8 @@ class SessionResult:
     after: RunStats | None
     divergence: Divergence | None = None
     first_decision: bool = False  # the recording's first decision point changed
-    tool_choice: bool = False  # other tools (or args) were called
-    final_answer: bool = False  # the final response differs (or is missing)
+    tool_choice: bool = False  # other tools (or args) were called, or recorded ones skipped
+    final_answer: bool = False  # the run ended with another final response (or none)
     output: Any = None  # what the entry point returned
     elapsed_ms: float = 0.0
 
@@ -761,7 +765,8 @@ def judge(
             p.kind == "tool" and p.version < divergence.step for p in expected
         )
     final_e, final_a = _final(expected), _final(actual)
-    final_answer = (final_e is not None or final_a is not None) and not _same(final_e, final_a)
+    # A run stopped by a divergence or an exception has no answer to compare.
+    final_answer = (final_a is not None or not stopped) and not _same(final_e, final_a)
     return SessionResult(
         recording.session_id,
         replay_id,
