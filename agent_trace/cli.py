@@ -847,7 +847,7 @@ async def cmd_test(args: argparse.Namespace, store: EventStore, out: Output) -> 
     if out.json:
         out.emit_json(report.to_dict())
     else:
-        _table(out, rg.TABLE_COLUMNS, rg.table_rows(report))
+        _table(out, *rg.table(report))
         hint = ""  # how to look at a replay, unless it lived in this process only
         if not replays_to.startswith("memory:"):
             hint = (

@@ -969,6 +969,9 @@ TABLE_COLUMNS = [
 ]
 
 
+_DIVERGENCE_COLUMNS = ("step", "call", "expected", "actual")
+
+
 def _arrow(before: str, after: str) -> str:
     return before if before == after else f"{before} -> {after}"
 
@@ -987,8 +990,9 @@ def ms(value: float | None) -> str:
     return f"{value:.1f} ms" if value < 10 else f"{value:.0f} ms"
 
 
-def table_rows(report: RegressionReport) -> list[list[str]]:
-    """One row per session for ``TABLE_COLUMNS`` (before -> after where they differ)."""
+def table(report: RegressionReport) -> tuple[list[str], list[list[str]]]:
+    """Columns and one row per session (before -> after where they differ); the
+    divergence columns only when a session diverged."""
     rows = []
     for r in report.results:
         d, a = r.divergence, r.after
@@ -1006,7 +1010,10 @@ def table_rows(report: RegressionReport) -> list[list[str]]:
                 _arrow(ms(r.before.duration_ms), ms(a.duration_ms) if a else "-"),
             ]
         )
-    return rows
+    if report.ok:
+        keep = [i for i, c in enumerate(TABLE_COLUMNS) if c not in _DIVERGENCE_COLUMNS]
+        return [TABLE_COLUMNS[i] for i in keep], [[row[i] for i in keep] for row in rows]
+    return list(TABLE_COLUMNS), rows
 
 
 def summary_lines(report: RegressionReport) -> list[str]:

@@ -64,7 +64,7 @@ def recorded_versions(url: str, session_id: str, tool: str, needle: str) -> list
 def test_unchanged_agent_passes(store):
     text = ok("--store", store, "test", target("unchanged"), "--replays-to", "memory://")
     lines = text.splitlines()
-    assert lines[0].split()[:3] == ["session", "result", "step"]
+    assert lines[0].split() == ["session", "result", "tokens", "cost", "duration"]
     rows = {line.split()[0]: line.split()[1] for line in lines[1:9]}
     assert rows == dict.fromkeys(SESSIONS, "same")
     assert "8 of 8 sessions same, 0 diverged" in text
