@@ -38,7 +38,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from agent_trace.projections import build_session_summary
+from agent_trace.projections import build_session_summary, llm_cost
 from agent_trace.reading import _with_store
 from agent_trace.replay import (
     _ABSENT,
@@ -364,16 +364,13 @@ class RunStats:
                     m.input_tokens + inp,
                     m.output_tokens + out,
                     m.total_tokens + total,
-                    _add_cost(m.cost_usd, _llm_cost(ev)),
+                    _add_cost(m.cost_usd, llm_cost(ev)),
                 )
-        cost = None
-        for m in models.values():
-            cost = _add_cost(cost, m.cost_usd)
         return cls(
             summary.total_tokens,
             summary.input_tokens,
             summary.output_tokens,
-            cost,
+            summary.cost_usd,
             summary.duration_ms,
             summary.status,
             error,
@@ -411,13 +408,6 @@ def _add_cost(total: float | None, cost: float | None) -> float | None:
     if cost is None:
         return total
     return cost if total is None else total + cost
-
-
-def _llm_cost(event: AgentEvent) -> float | None:
-    from agent_trace import projections
-
-    price = getattr(projections, "llm_cost", None)
-    return price(event) if price is not None else None
 
 
 _NOTHING = "(nothing)"

@@ -419,3 +419,36 @@ def test_pytest_plugin_runs_without_a_conftest(store, tmp_path):
     assert "at args.timeout: recorded 2.0, now 5.0" in out
     assert "recorded_session needs @pytest.mark.agent_trace_replay" in out
     assert "1 failed, 9 passed, 1 error" in out
+
+
+def test_cost_before_and_after_per_model(store, tmp_path):
+    """Prices from configure(prices=...) in the target's module: cost where tokens are."""
+    (tmp_path / "priced.py").write_text(
+        "import sys\n"
+        "import agent_trace as at\n"
+        f"sys.path.insert(0, {str(TARGETS.parent)!r})\n"
+        "from regression_targets import new_model, unchanged\n"
+        "at.configure(prices={'fake-gpt-4o-mini': {'input': 0.15, 'output': 0.6},\n"
+        "                     'fake-gpt-5-mini': {'input': 1.25, 'output': 10.0}})\n"
+    )
+    proc = cli("--store", store, "test", "priced:new_model", "--mock", "tool",
+               "--replays-to", "memory://", "--json", cwd=tmp_path)  # fmt: skip
+    assert proc.returncode == 1, proc.stderr
+    models = json.loads(proc.stdout)["summary"]["models"]
+    recorded = [
+        e.payload["usage"]
+        for sid in SESSIONS
+        for e in at.get_events_sync(sid, store=store)
+        if e.event_type == "llm_responded" and e.payload.get("usage")
+    ]
+    expected = sum(u["input_tokens"] * 0.15 + u["output_tokens"] * 0.6 for u in recorded) / 1e6
+    assert models["fake-gpt-4o-mini"]["before"]["cost_usd"] == pytest.approx(expected)
+    new = models["fake-gpt-5-mini"]
+    assert new["before"]["cost_usd"] is None  # no call of it was recorded: unknown, not 0
+    assert new["after"]["cost_usd"] == pytest.approx(
+        (new["after"]["input_tokens"] * 1.25 + new["after"]["output_tokens"] * 10.0) / 1e6
+    )
+    text = ok("--store", store, "test", "priced:unchanged", "--replays-to", "memory://",
+              cwd=tmp_path)  # fmt: skip
+    assert "research-03  same       853  $0.0" in text
+    assert "fake-gpt-4o-mini: calls 49, tokens 4,350, cost $0.0" in text
