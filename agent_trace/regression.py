@@ -48,6 +48,7 @@ from agent_trace.replay import (
     _diff,
     _first_difference,
     _mock_kinds,
+    _ms_text,
     _same,
     _short,
     decision_points,
@@ -73,6 +74,9 @@ __all__ = [
     "replay_and_judge",
     "run_regression",
     "select_recordings",
+    "summary_lines",
+    "table",
+    "text_diff",
     "write_junit_xml",
 ]
 
@@ -966,18 +970,11 @@ def _arrow(before: str, after: str) -> str:
     return before if before == after else f"{before} -> {after}"
 
 
-def money(value: float | None) -> str:
+def _money(value: float | None) -> str:
+    """As the other commands show cost: ``$0.0123``; ``-`` when no call could be priced."""
     if value is None:
         return "-"
-    return f"${value:.4f}" if value < 1 else f"${value:,.2f}"
-
-
-def ms(value: float | None) -> str:
-    if value is None:
-        return "-"
-    if value >= 1000:
-        return f"{value / 1000:.2f} s"
-    return f"{value:.1f} ms" if value < 10 else f"{value:.0f} ms"
+    return f"${value:,.2f}" if value >= 100 else f"${value:.4f}"
 
 
 def table(report: RegressionReport) -> tuple[list[str], list[list[str]]]:
@@ -996,8 +993,8 @@ def table(report: RegressionReport) -> tuple[list[str], list[list[str]]]:
                 expected,
                 actual,
                 _arrow(f"{r.before.total_tokens:,}", f"{a.total_tokens:,}" if a else "-"),
-                _arrow(money(r.before.cost_usd), money(a.cost_usd) if a else "-"),
-                _arrow(ms(r.before.duration_ms), ms(a.duration_ms) if a else "-"),
+                _arrow(_money(r.before.cost_usd), _money(a.cost_usd) if a else "-"),
+                _arrow(_ms_text(r.before.duration_ms), _ms_text(a.duration_ms) if a else "-"),
             ]
         )
     if report.ok:
@@ -1031,7 +1028,7 @@ def summary_lines(report: RegressionReport) -> list[str]:
 
 def _totals(before: dict[str, Any], after: dict[str, Any]) -> str:
     tokens = _arrow(f"{before['total_tokens']:,}", f"{after['total_tokens']:,}")
-    return f"tokens {tokens}, cost {_arrow(money(before['cost_usd']), money(after['cost_usd']))}"
+    return f"tokens {tokens}, cost {_arrow(_money(before['cost_usd']), _money(after['cost_usd']))}"
 
 
 def write_junit_xml(report: RegressionReport, path: str | os.PathLike[str]) -> None:
@@ -1065,9 +1062,9 @@ def write_junit_xml(report: RegressionReport, path: str | os.PathLike[str]) -> N
         a = r.after
         out.text = (
             f"replayed as {r.replay_id}; tokens {r.before.total_tokens} -> "
-            f"{a.total_tokens if a else '-'}; cost {money(r.before.cost_usd)} -> "
-            f"{money(a.cost_usd) if a else '-'}; duration {ms(r.before.duration_ms)} -> "
-            f"{ms(a.duration_ms) if a else '-'}"
+            f"{a.total_tokens if a else '-'}; cost {_money(r.before.cost_usd)} -> "
+            f"{_money(a.cost_usd) if a else '-'}; duration {_ms_text(r.before.duration_ms)} -> "
+            f"{_ms_text(a.duration_ms) if a else '-'}"
         )
     ET.indent(suites)
     Path(path).write_bytes(ET.tostring(suites, encoding="utf-8", xml_declaration=True) + b"\n")

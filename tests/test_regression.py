@@ -452,3 +452,33 @@ def test_cost_before_and_after_per_model(store, tmp_path):
               cwd=tmp_path)  # fmt: skip
     assert "research-03  same       853  $0.0" in text
     assert "fake-gpt-4o-mini: calls 49, tokens 4,350, cost $0.0" in text
+
+
+PARAGRAPH = (
+    "Heat pump sales in Europe grew from 1.9 million units in 2020 to 3.0 million units "
+    "in 2022, then slowed in 2023 as gas prices fell and subsidies were cut in Germany."
+)
+
+
+@at.record_tool
+async def summarize(text: str) -> str:
+    return text[:40]
+
+
+async def test_a_long_text_argument_gets_a_word_diff(memory_store):
+    async with at.session("long-1"):
+        at.emit("user_message_received", {"message": PARAGRAPH})
+        await summarize(PARAGRAPH)
+    await at.flush()
+
+    async def edited(session: RecordedSession) -> str:
+        return await summarize(session.user_message.replace("1.9 million", "2.1 million"))
+
+    report = await run_regression(edited, await select_recordings(memory_store))
+    (result,) = report.results
+    assert result.divergence is not None and result.divergence.step == 3
+    text = result.explain()
+    assert "session long-1 diverged at step 3 (tool 'summarize')" in text
+    assert "at args.text (text diff):" in text
+    assert "[-1.9-]{+2.1+}" in text and "…" in text  # only the change, in context
+    assert len(max(text.splitlines(), key=len)) < 200
