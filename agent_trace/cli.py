@@ -839,7 +839,7 @@ async def cmd_test(args: argparse.Namespace, store: EventStore, out: Output) -> 
     TARGET (module:function) is called with each selected session's
     RecordedSession (user_message, metadata, events) inside a replay: tools and
     LLM answered from the recording (--mock tool keeps the LLM live). Exit 0 when
-    no session diverged, 1 otherwise. The logic lives in agent_trace.regression.
+    no session diverged, 1 otherwise. Replays (replay_of) are never selected.
     """
     import agent_trace as at
     from agent_trace import regression as rg
@@ -1076,8 +1076,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--select",
         action="append",
         metavar="FILTERS",
-        help="tool=NAME,model=NAME,status=ok|error|cancelled|open|any,since=WHEN,until=WHEN,"
-        "session=GLOB,metadata.KEY=VALUE,limit=N,sample=N,seed=N,replays=exclude|include|only",
+        help="comma-separated, repeatable: tool=NAME, model=NAME, "
+        "status=ok|error|cancelled|open|any, since=WHEN, until=WHEN, session=GLOB, "
+        "metadata.KEY=VALUE, limit=N, sample=N, seed=N, replays=exclude|include|only",
     )
     te.add_argument(
         "--mock",

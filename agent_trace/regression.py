@@ -43,8 +43,10 @@ from agent_trace.reading import _with_store
 from agent_trace.replay import (
     _ABSENT,
     KINDS,
+    CallDivergence,
     DecisionPoint,
     RecordedSession,
+    ReplayDivergence,
     _diff,
     _first_difference,
     _mock_kinds,
@@ -677,14 +679,12 @@ def judge(
     replay_events: Sequence[AgentEvent],
     *,
     replay_id: str | None = None,
-    divergences: Sequence[Any] = (),
+    divergences: Sequence[CallDivergence] = (),
     error: BaseException | None = None,
     output: Any = None,
     elapsed_ms: float = 0.0,
 ) -> SessionResult:
     """Compare a replay with its recording (see the module docstring for the order)."""
-    from agent_trace.replay import ReplayDivergence
-
     before, after = RunStats.of(recording.events), RunStats.of(replay_events)
     expected, actual = _behaviour(recording.events), _behaviour(replay_events)
     diff = _diff(recording.session_id, replay_id or "", expected, actual)
@@ -753,7 +753,7 @@ def judge(
     )
     stopped = bool(divergences) or error is not None
     tool_choice = tool_choice or (not stopped and len(tools_e) != len(tools_a))
-    tool_choice = tool_choice or any(getattr(d, "kind", None) == "tool" for d in divergences[:1])
+    tool_choice = tool_choice or (bool(divergences) and divergences[0].kind == "tool")
     if divergence is not None and divergence.step is not None:  # recorded tools skipped
         tool_choice = tool_choice or len(tools_a) < sum(
             p.kind == "tool" and p.version < divergence.step for p in expected
@@ -784,7 +784,7 @@ class _Replayed:
     replay_id: str
     output: Any
     error: BaseException | None
-    divergences: list[Any]
+    divergences: list[CallDivergence]
     elapsed_ms: float
 
 
