@@ -537,3 +537,29 @@ def test_replay_divergence_on_changed_args(instrumented):
         client.chat.completions.create(model="gpt-4o", messages=USER)
     with pytest.raises(ReplayDivergence, match="args differ"), replay("diverge", mock=("llm",)):
         client.chat.completions.create(model="gpt-4o-mini", messages=USER)
+
+
+def test_record_llm_stream_replays_as_an_sdk_stream(memory_store):
+    server = FakeServer()
+    client = openai_client(server)
+
+    @at.record_llm
+    def ask(question: str):
+        return client.chat.completions.create(
+            model="gpt-4o", messages=[{"role": "user", "content": question}], stream=True
+        )
+
+    def agent() -> str:
+        stream = ask("capital?")
+        return "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+
+    with at.session("decorated-replay"):
+        recorded = agent()
+    sent = len(server.requests)
+    with replay("decorated-replay", mock=("llm",)) as r:
+        stream = ask("capital?")
+        assert isinstance(stream, openai.Stream)
+        replayed = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+    assert replayed == recorded and len(server.requests) == sent
+    p = of_type(events_of(r.id), "llm_responded")[0].payload
+    assert p["response"]["choices"][0]["message"]["content"] == recorded
