@@ -16,7 +16,8 @@ Not part of the test suite (it takes a while); ``--quick`` runs a small one.
 ``--faults`` runs the same sessions (100,000 events by default) into a plain
 SQLite file (the writer process on) and injects real faults between rounds of
 emission: the writer process stopped with SIGSTOP, another process holding
-the write lock for twice ``spill_after`` (twice), the database file (with its
+the write lock through a round (at least twice ``spill_after``; twice), the
+database file (with its
 -wal and -shm) renamed away under the recorder, and a torn line written into
 the spill file while batches are spilling. At the end every emitted event must
 be stored exactly once (the renamed-away file counts: its events were
@@ -157,13 +158,14 @@ _LOCK_HOLDER = (
     "c = sqlite3.connect(sys.argv[1], isolation_level=None, timeout=60)\n"
     "c.execute('BEGIN IMMEDIATE')\n"
     "print('locked', flush=True)\n"
-    "time.sleep(float(sys.argv[2]))\n"
+    "time.sleep(600)\n"
 )
 
 
-def _hold_lock(db: Path, seconds: float) -> subprocess.Popen[str]:
+def _hold_lock(db: Path) -> subprocess.Popen[str]:
+    """Another process holding the write lock until it is killed."""
     proc = subprocess.Popen(
-        [sys.executable, "-c", _LOCK_HOLDER, str(db), str(seconds)],
+        [sys.executable, "-c", _LOCK_HOLDER, str(db)],
         stdout=subprocess.PIPE,
         text=True,
     )
@@ -242,12 +244,18 @@ async def soak_faults(args: argparse.Namespace, directory: Path) -> bool:
         os.kill(pid, signal.SIGSTOP)
     took = await round_(1)
     log.append(("writer process SIGSTOPped", f"pid {pid}, round took {took:.1f}s"))
-    # 2. Another process holds the write lock for twice spill_after.
-    holder = _hold_lock(db, 2 * args.spill_after)
+    # 2. Another process holds the write lock for the whole round (at least 2 x spill_after).
+    holder = _hold_lock(db)
+    t0 = time.monotonic()
     took = await round_(2)
+    await asyncio.sleep(max(0.0, 2 * args.spill_after - (time.monotonic() - t0)))
+    held = time.monotonic() - t0
+    holder.kill()
     holder.wait()
     await drained()
-    log.append(("write lock held 2 x spill_after", f"round took {took:.1f}s, drained"))
+    log.append(
+        ("write lock held by another process", f"{held:.1f}s; round took {took:.1f}s, drained")
+    )
     # 3. The database file renamed away (deleted, as the recorder sees it).
     for suffix in ("-wal", "-shm", ""):
         if os.path.exists(f"{db}{suffix}"):
@@ -255,12 +263,13 @@ async def soak_faults(args: argparse.Namespace, directory: Path) -> bool:
     took = await round_(3)
     log.append(("database renamed away", f"round took {took:.1f}s"))
     await round_(4)
-    # 4. The lock again, with a torn line and garbage written into the spill meanwhile.
-    holder = _hold_lock(db, 2 * args.spill_after)
+    # 4. The lock again, with a torn line written into the spill between two rounds.
+    holder = _hold_lock(db)
     took = await round_(5)
     with open(spill, "ab") as f:
         f.write(b'{"event_id": "torn-by-a-crash')  # no newline: torn
     await round_(6)
+    holder.kill()
     holder.wait()
     await drained()
     log.append(("lock again + torn spill line", f"round took {took:.1f}s, drained"))
@@ -294,7 +303,8 @@ async def soak_faults(args: argparse.Namespace, directory: Path) -> bool:
         and len(ticks) == args.sessions
     )
     v_now, v_moved = await _verify_file(db), await _verify_file(moved)
-    rejected = (directory / "soak.spill.jsonl.rejected").read_bytes()
+    rejected_path = directory / "soak.spill.jsonl.rejected"
+    rejected = rejected_path.read_bytes() if rejected_path.exists() else b""
     spill_left = _size(spill)
     rows = [
         ("sessions", args.sessions),
@@ -327,6 +337,7 @@ async def soak_faults(args: argparse.Namespace, directory: Path) -> bool:
         and len(ids_moved) == len(set(ids_moved))
         and stats["lost"] == 0
         and spill_left == 0
+        and rejected.count(b"\n") == 1
         and v_now.ok
         and v_moved.ok
         and in_order
