@@ -193,10 +193,12 @@ class Recorder:
         )
         with self._lock:
             queue.append(item)
-            n = self._taken + len(queue)
-        if self._thread is None:
-            self._start()
-        self._wake.set()
+            queued = len(queue)
+            n = self._taken + queued
+        if queued == 1:  # as in enqueue: the writer drains a non-empty queue by itself
+            if self._thread is None:
+                self._start()
+            self._wake.set()
         return n
 
     def emitted(self) -> int:
