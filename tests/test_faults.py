@@ -405,12 +405,15 @@ class _Blackhole:
             c.close()
 
 
-def test_a_postgresql_server_that_never_answers_stalls_the_agent_about_spill_after(
-    tmp_path: Path,
+@pytest.mark.parametrize("server", ["silent", "down"])
+def test_a_postgresql_server_down_or_silent_stalls_the_agent_about_spill_after(
+    tmp_path: Path, server: str
 ) -> None:
     pytest.importorskip("asyncpg")
     spill = tmp_path / "spill.jsonl"
     hole = _Blackhole()
+    if server == "down":
+        hole.close()  # nothing listens on the port any more: connections are refused
     try:
         report, _ = run_child(
             tmp_path,

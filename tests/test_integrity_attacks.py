@@ -410,3 +410,33 @@ def test_random_byte_edits_of_a_stored_row_are_always_detected_or_rejected(
     conn.close()
     result = asyncio.run(_store_result(path))
     assert not result.ok, (column, position, value, edited)
+
+
+async def test_a_jsonl_store_of_an_earlier_release_still_verifies(tmp_path: Path) -> None:
+    from agent_trace.stores import JSONLStore
+
+    store = JSONLStore(tmp_path)
+    await store.append([_event("old", i) for i in range(3)])
+    await store.close()
+    path = tmp_path / "events.jsonl"
+    # An earlier release wrote the same lines without the store chain's link.
+    lines = [orjson.loads(line) for line in path.read_bytes().splitlines()]
+    path.write_bytes(
+        b"".join(
+            orjson.dumps({k: v for k, v in d.items() if k != "store_hash"}) + b"\n" for d in lines
+        )
+    )
+    # (orjson writes the payload object back canonically, as the old release did)
+    store = JSONLStore(tmp_path)
+    assert (await at.verify_store(store)).ok
+    await store.append([_event("new", 0)])
+    result = await at.verify_store(store)
+    assert result.ok and result.events_checked == 4 and result.store_head is not None
+    # A line whose text is not what the store writes (here: spaces) fails byte for byte.
+    await store.close()
+    text = path.read_bytes().replace(b'"tool":"search"', b'"tool": "search"', 1)
+    path.write_bytes(text)
+    store = JSONLStore(tmp_path)
+    result = await at.verify_store(store)
+    await store.close()
+    assert not result.ok and "canonical" in (result.failures[-1].reason or "")

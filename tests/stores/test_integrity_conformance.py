@@ -124,3 +124,28 @@ async def test_verify_store_checks_every_session(store):
     missing = await verify_store(store, expected_heads={"gone": (2, "0" * 64)})
     assert not missing.ok
     assert [f.session_id for f in missing.failures] == ["gone"]
+
+
+async def test_every_store_keeps_the_store_chain_and_hands_over_stored_rows(store):
+    from agent_trace.events import store_link
+    from agent_trace.integrity import check_rows
+
+    for i in range(3):  # interleaved sessions: the global order is what the chain covers
+        await store.append([make_event("a", payload={"i": i}), make_event("b", payload={"i": i})])
+    rows = await store.stored_rows()
+    assert [r[6] for r in rows] == list(range(1, 7))
+    link = GENESIS_HASH
+    for row in rows:
+        link = store_link(link, row[6], row[11])
+        assert row[12] == link
+        assert isinstance(row[4], str)  # the payload text as stored
+    assert [r[6] for r in await store.stored_rows(after_position=2, limit=2)] == [3, 4]
+    a_rows = await store.stored_rows("a")
+    assert [r[5] for r in a_rows] == [1, 2, 3]
+    assert check_rows("a", a_rows).ok
+    report = await verify_store(store)
+    assert report.ok and report.store_head == (6, link) and report.events_checked == 6
+    again = await verify_store(store, expected_store_head=report.store_head)
+    assert again.ok
+    cut = await verify_store(store, expected_store_head=(7, link))
+    assert not cut.ok and "truncated" in (cut.failures[0].reason or "")
