@@ -189,8 +189,13 @@ def check_chain(
     return VerificationResult(session_id, True, n, None, None, head)
 
 
-def _break(session_id: str, ev: AgentEvent, expected: int, prev: str) -> str | None:
-    """Why ``ev`` does not extend the chain at version ``expected``, or None if it does."""
+def _break(
+    session_id: str, ev: AgentEvent, expected: int, prev: str, payload_json: bytes | None = None
+) -> str | None:
+    """Why ``ev`` does not extend the chain at version ``expected``, or None if it does.
+
+    ``payload_json``: the payload's canonical bytes, when already at hand.
+    """
     if ev.session_id != session_id:
         return f"event {ev.event_id} belongs to session {ev.session_id!r}"
     if ev.version != expected:
@@ -211,7 +216,7 @@ def _break(session_id: str, ev: AgentEvent, expected: int, prev: str) -> str | N
     if not isinstance(ev.hash, str) or not _HEX64.match(ev.hash):
         return f"hash {ev.hash!r} is not 64 lowercase hex digits"
     try:
-        actual = compute_hash(ev)
+        actual = compute_hash(ev, payload_json=payload_json)
     except TypeError as exc:
         return f"event cannot be canonicalized: {exc}"
     if actual != ev.hash:
@@ -441,7 +446,8 @@ async def _verify_rows(
             version, prev = heads.get(sid, (0, GENESIS_HASH))
             problem, ev = row_problem(row)
             if ev is not None:
-                problem = _break(sid, ev, version + 1, prev)
+                # row_problem checked that the stored text is the canonical payload.
+                problem = _break(sid, ev, version + 1, prev, row[4].encode())
             if problem is not None:
                 broken[sid] = VerificationResult(
                     sid, False, version, version + 1, problem, _head(sid, version, prev)
