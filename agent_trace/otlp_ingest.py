@@ -51,6 +51,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from agent_trace.events import AgentEvent, format_timestamp
+from agent_trace.otel import otlp_json_to_request
 
 if TYPE_CHECKING:
     from agent_trace.stores.base import EventStore
@@ -142,18 +143,17 @@ def _decode(body: bytes, content_type: str) -> list[_Span]:
             data = gzip.decompress(data)
         except (OSError, EOFError) as exc:
             raise ValueError(f"the body looks gzipped but does not decompress: {exc}") from None
-    try:
-        from google.protobuf import json_format
-        from google.protobuf.message import DecodeError
-        from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
-            ExportTraceServiceRequest,
-        )
-    except ImportError as exc:
-        raise ImportError(
-            f"OTLP ingest needs opentelemetry-proto: pip install 'agent-trace[otel]' ({exc})"
-        ) from exc
-    request = ExportTraceServiceRequest()
     if ctype in _PROTOBUF:
+        try:
+            from google.protobuf.message import DecodeError
+            from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+                ExportTraceServiceRequest,
+            )
+        except ImportError as exc:
+            raise ImportError(
+                f"OTLP ingest needs opentelemetry-proto: pip install 'agent-trace[otel]' ({exc})"
+            ) from exc
+        request = ExportTraceServiceRequest()
         try:
             request.ParseFromString(data)
         except DecodeError as exc:
@@ -163,49 +163,8 @@ def _decode(body: bytes, content_type: str) -> list[_Span]:
             doc = orjson.loads(data) if data.strip() else None
         except orjson.JSONDecodeError as exc:
             raise ValueError(f"not valid JSON: {exc}") from None
-        if not isinstance(doc, dict) or not isinstance(
-            doc.get("resourceSpans", doc.get("resource_spans", [])), list
-        ):
-            raise ValueError(
-                "not an OTLP/JSON ExportTraceServiceRequest: expected an object with "
-                "a 'resourceSpans' list"
-            )
-        _hex_ids_to_base64(doc)
-        try:
-            json_format.ParseDict(doc, request, ignore_unknown_fields=True)
-        except json_format.ParseError as exc:
-            raise ValueError(f"not an OTLP/JSON ExportTraceServiceRequest: {exc}") from None
+        request = otlp_json_to_request(doc)
     return _spans_of(request)
-
-
-def _hex_ids_to_base64(doc: dict[str, Any]) -> None:
-    """OTLP/JSON writes ids as hex; protobuf's JSON mapping reads bytes as base64."""
-    import base64
-
-    def fix(obj: dict[str, Any], where: str) -> None:
-        for key in ("traceId", "spanId", "parentSpanId", "trace_id", "span_id", "parent_span_id"):
-            value = obj.get(key)
-            if isinstance(value, str) and value:
-                try:
-                    raw = bytes.fromhex(value)
-                except ValueError:
-                    raise ValueError(f"{where}: {key} {value[:40]!r} is not hex") from None
-                obj[key] = base64.b64encode(raw).decode()
-
-    def items(obj: Any, *keys: str) -> list[Any]:
-        for key in keys:
-            value = obj.get(key) if isinstance(obj, dict) else None
-            if isinstance(value, list):
-                return [item for item in value if isinstance(item, dict)]
-        return []  # a wrong shape is left for the protobuf parser to name
-
-    for rs in items(doc, "resourceSpans", "resource_spans"):
-        for ss in items(rs, "scopeSpans", "scope_spans"):
-            for span in items(ss, "spans"):
-                where = f"span {str(span.get('name', ''))[:80]!r}"
-                fix(span, where)
-                for link in items(span, "links"):
-                    fix(link, where)
 
 
 def _spans_of(request: Any) -> list[_Span]:
