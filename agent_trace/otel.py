@@ -2,29 +2,39 @@
 
 Mapping (OpenTelemetry GenAI semantic conventions):
 
-- a session -> ``invoke_agent {agent}`` (``gen_ai.operation.name``
-  ``invoke_agent``, ``gen_ai.conversation.id`` = session id, ``gen_ai.agent.name``
-  when the session metadata has ``agent`` or one is configured);
+- a session entry (a turn) -> ``invoke_agent {agent}`` (``gen_ai.operation.name``
+  ``invoke_agent``, ``gen_ai.agent.name`` when the session metadata has ``agent``
+  or one is configured); with ``capture_content=True`` it carries the turn's
+  question and final answer as ``input.value``/``output.value``;
 - a tool call -> ``execute_tool {tool}`` (``gen_ai.tool.name``,
   ``gen_ai.tool.call.id`` = the call's span id; arguments and result only
   with ``capture_content=True``);
 - an LLM call -> ``chat {model}`` (``gen_ai.request.model``,
-  ``gen_ai.usage.input_tokens``/``output_tokens``,
-  ``gen_ai.response.finish_reasons`` when the response says);
-- a decision -> ``decision {name}``, an internal span with the choice;
-- failures set the span status to error and ``error.type``; any other event
+  ``gen_ai.provider.name``, ``gen_ai.usage.*`` incl. cache and reasoning tokens,
+  ``gen_ai.response.finish_reasons``; with ``capture_content=True``,
+  ``gen_ai.input.messages``/``gen_ai.output.messages`` in the conventions'
+  message shape: ``role``, ``parts`` of ``{"type": "text", "content": ...}``,
+  ``finish_reason``);
+- a decision -> ``decision {name}``, a chain step (OpenInference span kind
+  ``CHAIN``) whose ``output.value`` is the choice;
+- failures set the span status to error, ``error.type`` and an ``exception``
+  span event (``exception.type``, ``exception.message``); any other event
   (``emit()``) becomes a span event on the call (or session) it happened in.
 
-One trace per session: the trace id is the session id when that is a UUID
-(else a hash of it), span ids are the recorded span ids, parents come from
-``parent_span_id``, and every timestamp is the event's own. Spans are built
-directly (not through a live tracer), so exporting a session twice yields the
-same ids.
+Each entry into a session is its own trace, all sharing
+``gen_ai.conversation.id`` (on every span): the first entry's trace id is the
+session id when that is a UUID (UUIDv7 by default; else a hash of it), a later
+entry's is its ``session_started`` event id. Span ids are the recorded span
+ids, parents come from ``parent_span_id``, and every timestamp is the event's
+own. Spans are built directly (not through a live tracer), so exporting a
+session twice yields the same ids. ``project_name`` sets
+``openinference.project.name`` on the resource (the project in Phoenix).
 
 Two ways in: :class:`OTelExporter` takes batches of events as they are
 written (a recorder sink) or any list of events; :func:`export_session`
 exports a stored session. :func:`session_to_otlp_json` renders a session as
-OTLP/JSON with no OpenTelemetry package at all. The SDK is imported lazily
+OTLP/JSON with no OpenTelemetry package at all; :func:`session_to_otlp_proto`
+as OTLP protobuf (needs ``opentelemetry-proto``). The SDK is imported lazily
 (extra ``otel``); ``import agent_trace`` never imports it. Never raises into
 agent code: the recorder calls the exporter off the caller's path.
 """
@@ -53,7 +63,11 @@ __all__ = [
     "build_spans",
     "export_session",
     "export_session_otlp_json",
+    "input_messages",
+    "otlp_json_to_request",
+    "output_messages",
     "session_to_otlp_json",
+    "session_to_otlp_proto",
     "spans_to_otlp_json",
 ]
 
@@ -132,7 +146,7 @@ class _SpanBuilder:
             self._turn_io[sid] = {}
         trace_id = self._trace.get(sid) or _trace_id(sid)
         if etype == "session_started":
-            meta = p.get("metadata") if isinstance(p.get("metadata"), dict) else {}
+            meta: dict[str, Any] = p["metadata"] if isinstance(p.get("metadata"), dict) else {}
             agent = meta.get("agent") or meta.get("agent_name") or self.agent_name
             attrs: dict[str, Any] = {
                 "gen_ai.operation.name": "invoke_agent",
@@ -218,6 +232,7 @@ class _SpanBuilder:
 
     def _new_call_span(self, ev: AgentEvent, start_ns: int, trace_id: int) -> SpanRecord:
         sid = ev.session_id
+        parent: int | None
         if ev.parent_span_id:
             parent = _span_int(ev.parent_span_id)
         else:
@@ -313,7 +328,7 @@ def _llm_outcome(span: SpanRecord, p: Mapping[str, Any], capture_content: bool) 
     Returns the response's text (with content), the turn's answer if no
     ``response_generated`` says otherwise.
     """
-    usage = p.get("usage") if isinstance(p.get("usage"), dict) else {}
+    usage: dict[str, Any] = p["usage"] if isinstance(p.get("usage"), dict) else {}
     for ours, theirs in (
         ("input_tokens", "gen_ai.usage.input_tokens"),
         ("output_tokens", "gen_ai.usage.output_tokens"),
@@ -485,7 +500,9 @@ def _message(m: Mapping[str, Any], default_role: str) -> dict[str, Any]:
     parts = _parts(m.get("content"))
     for call in m.get("tool_calls") or []:  # OpenAI chat
         if isinstance(call, dict):
-            fn = call.get("function") if isinstance(call.get("function"), dict) else call
+            fn: dict[str, Any] = (
+                call["function"] if isinstance(call.get("function"), dict) else call
+            )
             part = {"type": "tool_call", "name": str(fn.get("name") or "")}
             if call.get("id"):
                 part["id"] = str(call["id"])
@@ -517,7 +534,7 @@ def input_messages(args: Any) -> tuple[list[dict[str, Any]], list[dict[str, Any]
         if args.get(key):
             system = _parts(args[key])
     messages = args.get("messages")
-    if _conventional(messages):
+    if isinstance(messages, list) and _conventional(messages):
         return list(messages), system
     if isinstance(messages, list) and all(isinstance(m, dict) for m in messages):
         return [_message(m, "user") for m in messages], system
@@ -925,7 +942,7 @@ def session_to_otlp_proto(events: Iterable[AgentEvent], **options: Any) -> bytes
     return bytes(request.SerializeToString())
 
 
-def otlp_json_to_request(doc: dict[str, Any]) -> Any:
+def otlp_json_to_request(doc: Any) -> Any:
     """An OTLP/JSON document as an ``ExportTraceServiceRequest`` protobuf message.
 
     OTLP/JSON writes trace and span ids as hex, where protobuf's JSON mapping
