@@ -56,7 +56,7 @@ from agent_trace.otel import otlp_json_to_request
 if TYPE_CHECKING:
     from agent_trace.stores.base import EventStore
 
-__all__ = ["OtlpBatch", "ingest_otlp", "otlp_to_events"]
+__all__ = ["OtlpBatch", "ingest_otlp", "ingest_otlp_request", "otlp_to_events"]
 
 log = logging.getLogger("agent_trace")
 
@@ -71,6 +71,7 @@ class OtlpBatch:
     events: list[AgentEvent] = field(default_factory=list)
     spans: int = 0  # spans that became events
     ignored: int = 0  # spans that are not GenAI spans (HTTP, database, ...)
+    written: int = 0  # events newly stored (0 for spans sent before)
 
 
 async def ingest_otlp(body: bytes, content_type: str, store: EventStore) -> int:
@@ -82,12 +83,18 @@ async def ingest_otlp(body: bytes, content_type: str, store: EventStore) -> int:
     saying why, and nothing is written. Sending the same spans again writes
     nothing (event ids are derived from the spans).
     """
+    return (await ingest_otlp_request(body, content_type, store)).written
+
+
+async def ingest_otlp_request(body: bytes, content_type: str, store: EventStore) -> OtlpBatch:
+    """:func:`ingest_otlp`, saying also how many spans were used and ignored (for a server's
+    reply or log)."""
     batch = otlp_to_events(body, content_type)
     if batch.ignored:
         log.debug("agent_trace: OTLP ingest ignored %d non-GenAI spans", batch.ignored)
-    if not batch.events:
-        return 0
-    return await store.append(batch.events)
+    if batch.events:
+        batch.written = await store.append(batch.events)
+    return batch
 
 
 def otlp_to_events(body: bytes, content_type: str) -> OtlpBatch:

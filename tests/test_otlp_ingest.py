@@ -22,7 +22,7 @@ from opentelemetry.trace import Status, StatusCode
 
 import agent_trace as at
 from agent_trace.integrity import verify_session
-from agent_trace.otlp_ingest import ingest_otlp, otlp_to_events
+from agent_trace.otlp_ingest import ingest_otlp, ingest_otlp_request, otlp_to_events
 from agent_trace.projections import session_summary, tool_stats
 from agent_trace.replay import iter_steps
 from agent_trace.stores import SQLiteStore
@@ -161,6 +161,9 @@ async def test_the_otel_sdk_exporter_posts_spans_that_become_a_verified_session(
     assert types.count("llm_responded") == 2 and types.count("tool_failed") == 2
     assert types.count("tool_executed") == 2 and types.count("agent_finished") == 2
     assert sum(receiver.written) == len(events) == 20  # the HTTP spans wrote nothing
+    again = [await ingest_otlp_request(body, ctype, store) for ctype, body in receiver.requests]
+    assert sum(b.spans for b in again) == 8 and sum(b.ignored for b in again) == 2
+    assert sum(b.written for b in again) == 0  # sent before
     assert (await verify_session("conv-1", store=store)).ok
     # One batch per flush: each turn's events are in timestamp order.
     stamps = [e.timestamp for e in events]
