@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import gzip
 from collections.abc import AsyncIterator
+from typing import Any
 
 import httpx
 import orjson
@@ -314,39 +315,11 @@ async def test_openinference_openai_instrumentation(receiver: Receiver) -> None:
     from openinference.instrumentation import using_session
     from openinference.instrumentation.openai import OpenAIInstrumentor
 
-    def reply(request: httpx.Request) -> httpx.Response:
-        return httpx.Response(
-            200,
-            json={
-                "id": "chatcmpl-9",
-                "object": "chat.completion",
-                "created": 1_700_000_000,
-                "model": "gpt-4o-mini-2024-07-18",
-                "choices": [
-                    {
-                        "index": 0,
-                        "message": {"role": "assistant", "content": "Paris."},
-                        "finish_reason": "stop",
-                    }
-                ],
-                "usage": {
-                    "prompt_tokens": 25,
-                    "completion_tokens": 2,
-                    "total_tokens": 27,
-                    "prompt_tokens_details": {"cached_tokens": 16},
-                },
-            },
-        )
-
     provider = provider_for(receiver, **{"openinference.project.name": "demo"})
     instrumentor = OpenAIInstrumentor()
     instrumentor.instrument(tracer_provider=provider)
     try:
-        client = openai.OpenAI(
-            api_key="sk-test",
-            base_url="http://openai.invalid/v1",
-            http_client=httpx.Client(transport=httpx.MockTransport(reply)),
-        )
+        client = fake_openai_client(openai)
         with using_session("oi-session"):
             answer = await asyncio.to_thread(
                 client.chat.completions.create,
@@ -384,6 +357,149 @@ async def test_openinference_openai_instrumentation(receiver: Receiver) -> None:
     assert responded["response"][0]["parts"] == [{"type": "text", "content": "Paris."}]
     steps = list(iter_steps("oi-session", store=receiver.store))
     assert [s.event_type for s in steps][1:3] == ["llm_started", "llm_responded"]
+
+
+def fake_openai_reply(request: httpx.Request) -> httpx.Response:
+    return httpx.Response(
+        200,
+        json={
+            "id": "chatcmpl-9",
+            "object": "chat.completion",
+            "created": 1_700_000_000,
+            "model": "gpt-4o-mini-2024-07-18",
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": "Paris."},
+                    "finish_reason": "stop",
+                }
+            ],
+            "usage": {
+                "prompt_tokens": 25,
+                "completion_tokens": 2,
+                "total_tokens": 27,
+                "prompt_tokens_details": {"cached_tokens": 16},
+            },
+        },
+    )
+
+
+def fake_openai_client(openai: Any) -> Any:
+    """A real OpenAI client whose HTTP transport answers offline."""
+    return openai.OpenAI(
+        api_key="sk-test",
+        base_url="http://openai.invalid/v1",
+        http_client=httpx.Client(transport=httpx.MockTransport(fake_openai_reply)),
+    )
+
+
+async def test_openllmetry_openai_instrumentation(receiver: Receiver) -> None:
+    pytest.importorskip("opentelemetry.instrumentation.openai")
+    openai = pytest.importorskip("openai")
+    from opentelemetry.instrumentation.openai import OpenAIInstrumentor
+
+    provider = provider_for(receiver)
+    instrumentor = OpenAIInstrumentor()
+    instrumentor.instrument(tracer_provider=provider)
+    try:
+        client = fake_openai_client(openai)
+        await asyncio.to_thread(
+            client.chat.completions.create,
+            model="gpt-4o-mini",
+            messages=[{"role": "user", "content": "Capital of France?"}],
+        )
+    finally:
+        instrumentor.uninstrument()
+    await asyncio.to_thread(provider.shutdown)
+
+    [info] = await receiver.store.list_sessions()
+    events = await receiver.store.get_events(info.session_id)
+    assert [e.event_type for e in events] == [
+        "session_started",
+        "llm_started",
+        "llm_responded",
+        "session_ended",
+    ]
+    started, responded = events[1].payload, events[2].payload
+    assert started["model"] == "gpt-4o-mini" and responded["provider"] == "openai"
+    assert started["args"]["messages"][-1]["parts"][0]["content"] == "Capital of France?"
+    assert responded["response_model"] == "gpt-4o-mini-2024-07-18"
+    assert responded["usage"]["input_tokens"] == 25
+    assert responded["usage"]["output_tokens"] == 2
+    assert responded["usage"]["cache_read_tokens"] == 16
+    assert responded["response"][0]["parts"][0]["content"] == "Paris."
+    assert (await verify_session(info.session_id, store=receiver.store)).ok
+
+
+async def test_older_attribute_names(receiver: Receiver) -> None:
+    """What OpenLLMetry and others wrote before the GenAI message attributes existed."""
+    provider = provider_for(receiver)
+    tracer = provider.get_tracer("old")
+    with tracer.start_as_current_span(
+        "workflow", attributes={"traceloop.span.kind": "workflow", "session.id": "old-1"}
+    ):
+        with tracer.start_as_current_span(
+            "openai.chat",
+            attributes={
+                "llm.request.type": "chat",
+                "gen_ai.system": "OpenAI",
+                "gen_ai.request.model": "gpt-4",
+                "gen_ai.prompt.0.role": "user",
+                "gen_ai.prompt.0.content": "Weather in Paris?",
+                "gen_ai.completion.0.role": "assistant",
+                "gen_ai.completion.0.finish_reason": "tool_calls",
+                "gen_ai.completion.0.tool_calls.0.id": "call_1",
+                "gen_ai.completion.0.tool_calls.0.name": "weather",
+                "gen_ai.completion.0.tool_calls.0.arguments": '{"city": "Paris"}',
+                "gen_ai.usage.prompt_tokens": 12,
+                "gen_ai.usage.completion_tokens": 7,
+                "llm.usage.total_tokens": 19,
+            },
+        ):
+            pass
+        with tracer.start_as_current_span(
+            "weather.tool",
+            attributes={
+                "traceloop.span.kind": "tool",
+                "traceloop.entity.name": "weather",
+                "traceloop.entity.input": '{"inputs": {"city": "Paris"}}',
+                "traceloop.entity.output": '{"output": "sunny"}',
+            },
+        ):
+            pass
+    await asyncio.to_thread(provider.shutdown)
+    events = await receiver.store.get_events("old-1")
+    by_type = {e.event_type: e.payload for e in events}
+    assert by_type["llm_started"]["args"]["messages"] == [
+        {"role": "user", "parts": [{"type": "text", "content": "Weather in Paris?"}]}
+    ]
+    assert by_type["llm_responded"]["response"] == [
+        {
+            "role": "assistant",
+            "parts": [
+                {
+                    "type": "tool_call",
+                    "name": "weather",
+                    "id": "call_1",
+                    "arguments": {"city": "Paris"},
+                }
+            ],
+            "finish_reason": "tool_calls",
+        }
+    ]
+    assert by_type["llm_responded"]["usage"] == {
+        "input_tokens": 12,
+        "output_tokens": 7,
+        "total_tokens": 19,
+    }
+    assert by_type["llm_responded"]["provider"] == "openai"
+    assert by_type["tool_started"] == {
+        "tool": "weather",
+        "args": {"city": "Paris"},
+        "otel": by_type["tool_started"]["otel"],
+    }
+    assert by_type["tool_executed"]["result"] == "sunny"
+    assert by_type["agent_started"]["agent"] == "workflow"
 
 
 async def test_an_agent_trace_export_ingests_back_as_the_same_calls(memory_store, tmp_path) -> None:
