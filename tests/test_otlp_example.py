@@ -3,37 +3,23 @@
 from __future__ import annotations
 
 import asyncio
-import importlib
 import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
-import pytest
+from test_otlp_ingest import need
 
 from agent_trace import open_store
 from agent_trace.integrity import verify_session
-
-
-def need(module: str) -> Any:
-    """``module``, imported; CI (``CI`` set) must have it, elsewhere the test is skipped."""
-    try:
-        return importlib.import_module(module)
-    except ImportError:
-        if os.environ.get("CI"):
-            pytest.fail(f"CI must run this test; {module} is not installed")
-        pytest.skip(f"{module} is not installed")
-
-
-need("pydantic_ai")
-need("opentelemetry.exporter.otlp.proto.common")
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLE = REPO / "examples" / "otlp_ingest.py"
 
 
 def test_the_otlp_ingest_example(tmp_path: Path) -> None:
+    need("pydantic_ai")
+    need("opentelemetry.exporter.otlp.proto.common")
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
     url = f"sqlite:///{tmp_path / 'otlp.db'}"
