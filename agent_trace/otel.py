@@ -22,9 +22,9 @@ Mapping (OpenTelemetry GenAI semantic conventions):
   (``emit()``) becomes a span event on the call (or session) it happened in.
 
 Each entry into a session is its own trace, all sharing
-``gen_ai.conversation.id`` (on every span): the first entry's trace id is the
-session id when that is a UUID (UUIDv7 by default; else a hash of it), a later
-entry's is its ``session_started`` event id. Span ids are the recorded span
+``gen_ai.conversation.id`` (on every span): a turn's trace id is its
+``session_started`` event id (a UUIDv7; calls whose turn start was not seen
+use the session id, or a hash of it). Span ids are the recorded span
 ids, parents come from ``parent_span_id``, and every timestamp is the event's
 own. Spans are built directly (not through a live tracer), so exporting a
 session twice yields the same ids. ``project_name`` sets
@@ -140,9 +140,9 @@ class _SpanBuilder:
         ts = _to_ns(ev.timestamp)
         self._last_ns[sid] = max(ts, self._last_ns.get(sid, 0))
         if etype == "session_started":
-            # The first entry's trace id is the session id; later ones are their own traces.
-            first = ev.version <= 1
-            self._trace[sid] = _trace_id(sid) if first else _trace_id(ev.event_id)
+            # Each entry (turn) is its own trace, named by its session_started event:
+            # the same ids live (events not yet stored) and after the fact.
+            self._trace[sid] = _trace_id(ev.event_id)
             self._turn_io[sid] = {}
         trace_id = self._trace.get(sid) or _trace_id(sid)
         if etype == "session_started":
@@ -632,7 +632,7 @@ def _hash_id(text: str, size: int) -> int:
 
 
 def _trace_id(session_id: str) -> int:
-    """The session id itself when it is a UUID (UUIDv7 by default), else a hash of it."""
+    """An id's digits when it is a UUID (event ids, default session ids), else a hash of it."""
     digits = session_id.replace("-", "")
     if len(digits) == 32:
         try:

@@ -99,8 +99,9 @@ async def test_a_recorded_session_maps_to_genai_spans(memory_store) -> None:
     assert root.attributes["gen_ai.conversation.id"] == sid
     assert root.attributes["gen_ai.agent.name"] == "researcher"
     assert root.attributes["agent_trace.session.user"] == "u1"
-    # One trace per session, the trace id being the session's UUID.
-    assert {s.context.trace_id for s in spans} == {int(sid.replace("-", ""), 16)}
+    # One trace per turn, the trace id being its session_started event id.
+    started = next(e for e in await at.get_events(sid, store=memory_store) if e.version == 1)
+    assert {s.context.trace_id for s in spans} == {int(started.event_id.replace("-", ""), 16)}
     # The emitted event is a span event on the session span.
     assert [e.name for e in root.events] == ["user_message_received"]
 
@@ -324,7 +325,8 @@ async def test_otlp_http_export_to_a_local_receiver(memory_store, receiver) -> N
     [fetch] = spans["execute_tool fetch"]
     assert root.parent_span_id == b""
     assert _attrs(root)["gen_ai.conversation.id"] == sid
-    assert root.trace_id == bytes.fromhex(sid.replace("-", ""))
+    started = (await at.get_events(sid, store=memory_store))[0]
+    assert root.trace_id == bytes.fromhex(started.event_id.replace("-", ""))
     assert _attrs(llm)["gen_ai.usage.input_tokens"] == 11
     assert _attrs(llm)["gen_ai.request.model"] == "gpt-4o"
     assert _attrs(fetch)["error.type"] == "ToolBroke"
@@ -363,9 +365,10 @@ async def test_otlp_json_matches_the_protobuf_schema(memory_store) -> None:
     assert llm.kind == 3  # SPAN_KIND_CLIENT
     assert _attrs(llm)["gen_ai.response.finish_reasons"] == ["stop"]
     [root] = spans["invoke_agent researcher"]
-    assert root.trace_id.hex() == sid.replace("-", "")
+    turn = (await at.get_events(sid, store=memory_store))[0].event_id.replace("-", "")
+    assert root.trace_id.hex() == turn
     assert _attrs(request.resource_spans[0].resource)["service.name"] == "my-agent"
-    assert f'"traceId":"{sid.replace("-", "")}"' in text
+    assert f'"traceId":"{turn}"' in text
 
 
 def _ns(timestamp: str) -> int:
@@ -423,10 +426,9 @@ def test_each_entry_into_a_session_is_its_own_trace(memory_store) -> None:
     spans = build_spans(events)
     roots = sorted((s for s in spans if s.parent_span_id is None), key=lambda s: s.start_ns)
     assert len(roots) == 2
-    first, second = roots
-    assert first.trace_id == int(sid.replace("-", ""), 16)
-    turn2 = [e for e in events if e.event_type == "session_started"][1]
-    assert second.trace_id == int(turn2.event_id.replace("-", ""), 16)
+    turns = [e for e in events if e.event_type == "session_started"]
+    for root, turn in zip(roots, turns, strict=True):
+        assert root.trace_id == int(turn.event_id.replace("-", ""), 16)
     for root in roots:
         tree = [s for s in spans if s.trace_id == root.trace_id]
         assert len(tree) == 6
@@ -572,7 +574,7 @@ async def test_otlp_proto_and_project_name(memory_store, tmp_path) -> None:
     assert _attrs(request.resource_spans[0].resource)["openinference.project.name"] == "research"
     spans = _decoded_spans(request)
     [root] = spans["invoke_agent researcher"]
-    assert root.trace_id.hex() == sid.replace("-", "")
+    assert root.trace_id.hex() == events[0].event_id.replace("-", "")
     assert _attrs(root)["input.value"] == "hi"
     # The same request as OTLP/JSON, converted: identical.
     doc = session_to_otlp_json(events, capture_content=True, project_name="research")
@@ -601,3 +603,21 @@ def test_cli_export_otlp_proto(sqlite_store, tmp_path, subprocess_env) -> None:
     assert len([s for group in spans.values() for s in group]) == 6
     assert _attrs(request.resource_spans[0].resource)["openinference.project.name"] == "p1"
     assert "gen_ai.input.messages" in _attrs(spans["chat gpt-4o"][0])
+
+
+async def test_a_live_exporter_gives_each_turn_its_own_trace(memory_store) -> None:
+    # As a recorder sink the exporter sees events before the store numbers them.
+    live = InMemorySpanExporter()
+    at.configure(store=memory_store, sinks=[OTelExporter(live, batch=False)])
+    try:
+        sid = record_one_session()
+        record_one_session(sid)
+    finally:
+        at.configure(store=memory_store, sinks=[])
+    spans = live.get_finished_spans()
+    assert len(spans) == 12
+    after = build_spans(await at.get_events(sid, store=memory_store))
+    assert sorted((s.context.trace_id, s.context.span_id) for s in spans) == sorted(
+        (r.trace_id, r.span_id) for r in after
+    )
+    assert len({s.context.trace_id for s in spans}) == 2

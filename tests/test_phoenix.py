@@ -230,7 +230,8 @@ def test_an_exported_session_shows_fully_in_phoenix(phoenix: str, tmp_path: Path
             "execute_tool fetch",
             "execute_tool search",
         ]
-    assert roots[0]["context"]["trace_id"] == sid.replace("-", "")
+    turns = [e for e in at.get_events_sync(sid) if e.event_type == "session_started"]
+    assert [r["context"]["trace_id"] for r in roots] == [t.event_id.replace("-", "") for t in turns]
 
     # The turn's question and answer on its root.
     for root, question in zip(roots, QUESTIONS, strict=True):
