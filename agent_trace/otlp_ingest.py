@@ -101,10 +101,12 @@ def otlp_to_events(body: bytes, content_type: str) -> OtlpBatch:
     """The events an OTLP/HTTP trace request stands for, in timestamp order (nothing written)."""
     spans = _decode(body, content_type)
     sessions = _sessions_of(spans)
+    kinds = {(s.trace_id, s.span_id): _kind(s.attrs) for s in spans}
+    _skip_ignored_parents(spans, kinds)
     batch = OtlpBatch()
     keyed: list[tuple[int, int, AgentEvent]] = []
     for span in spans:
-        kind = _kind(span.attrs)
+        kind = kinds[(span.trace_id, span.span_id)]
         if kind is None:
             batch.ignored += 1
             continue
@@ -115,6 +117,26 @@ def otlp_to_events(body: bytes, content_type: str) -> OtlpBatch:
     keyed.sort(key=lambda item: (item[0], item[1]))
     batch.events = [ev for _, _, ev in keyed]
     return batch
+
+
+def _skip_ignored_parents(spans: list[_Span], kinds: dict[tuple[str, str], str | None]) -> None:
+    """Parent GenAI spans to their nearest GenAI ancestor in the request.
+
+    A GenAI span under ignored spans only (say, a web framework's request span
+    as the trace's root) becomes a root: a turn. A parent not in the request
+    is kept as it is (it may be a GenAI span sent earlier or later).
+    """
+    by_id = {(s.trace_id, s.span_id): s for s in spans}
+    for span in spans:
+        parent = span.parent_span_id
+        seen = 0
+        while parent is not None and seen < len(spans):  # bound: a cycle in bad data
+            above = by_id.get((span.trace_id, parent))
+            if above is None or kinds[(span.trace_id, parent)] is not None:
+                break
+            parent = above.parent_span_id
+            seen += 1
+        span.parent_span_id = parent
 
 
 # --- decoding -----------------------------------------------------------------

@@ -267,6 +267,23 @@ async def test_a_trace_without_a_conversation_id_is_its_own_session(receiver: Re
     assert events[0].payload["metadata"]["service"] == "my-agent"
 
 
+async def test_a_web_request_span_around_the_agent(receiver: Receiver) -> None:
+    """GenAI spans under a framework's HTTP span: the topmost GenAI span is the turn."""
+    provider = provider_for(receiver)
+    tracer = provider.get_tracer("web")
+    with tracer.start_as_current_span("POST /chat", attributes={"http.request.method": "POST"}):
+        genai_turn(provider, "web-1", "hello?")
+    await asyncio.to_thread(provider.shutdown)
+    events = await receiver.store.get_events("web-1")
+    types = [e.event_type for e in events]
+    assert types[0] == "session_started" and types[-1] == "session_ended"
+    agent = next(e for e in events if e.event_type == "agent_started")
+    assert agent.parent_span_id is None
+    llm = next(e for e in events if e.event_type == "llm_started")
+    assert llm.parent_span_id == agent.span_id
+    assert (await session_summary("web-1", store=receiver.store)).status == "ok"
+
+
 async def test_pydantic_ai_instrumentation(receiver: Receiver) -> None:
     need("pydantic_ai")
     from pydantic_ai import Agent
