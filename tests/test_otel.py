@@ -621,3 +621,18 @@ async def test_a_live_exporter_gives_each_turn_its_own_trace(memory_store) -> No
         (r.trace_id, r.span_id) for r in after
     )
     assert len({s.context.trace_id for s in spans}) == 2
+
+
+async def test_project_name_on_a_providers_resource(memory_store) -> None:
+    from opentelemetry.sdk.resources import Resource
+
+    sid = record_one_session()
+    sink = InMemorySpanExporter()
+    provider = TracerProvider(resource=Resource.create({"service.name": "svc"}))
+    provider.add_span_processor(SimpleSpanProcessor(sink))
+    await export_session(sid, store=memory_store, tracer_provider=provider, project_name="p2")
+    resources = {s.resource for s in sink.get_finished_spans()}
+    assert len(resources) == 1
+    [resource] = resources
+    assert resource.attributes["service.name"] == "svc"
+    assert resource.attributes["openinference.project.name"] == "p2"
