@@ -144,9 +144,8 @@ async def test_agent_events_stay_out_of_call_sequences(instrumented) -> None:
 async def test_run_stream_is_recorded_and_replays_as_a_stream(instrumented) -> None:
     calls: list[str] = []
     agent = weather_agent(calls)
-    async with at.session("pa-stream"):
-        async with agent.run_stream("Weather?", deps=Deps()) as stream:
-            chunks = [c async for c in stream.stream_text(delta=True)]
+    async with at.session("pa-stream"), agent.run_stream("Weather?", deps=Deps()) as stream:
+        chunks = [c async for c in stream.stream_text(delta=True)]
     assert "".join(chunks) == "It is 21.5 C in Paris."
     events = await events_of("pa-stream")
     responded = [e.payload for e in events if e.event_type == "llm_responded"]
@@ -165,9 +164,8 @@ async def test_run_stream_is_recorded_and_replays_as_a_stream(instrumented) -> N
 
 async def test_iter_is_recorded(instrumented) -> None:
     agent = weather_agent([])
-    async with at.session("pa-iter"):
-        async with agent.iter("Weather?", deps=Deps()) as run:
-            nodes = [node async for node in run]
+    async with at.session("pa-iter"), agent.iter("Weather?", deps=Deps()) as run:
+        nodes = [node async for node in run]
     assert nodes and run.result is not None
     types = [e.event_type for e in await events_of("pa-iter")]
     assert types.count("llm_responded") == 2 and "agent_finished" in types
@@ -222,7 +220,7 @@ async def test_replay_reaches_the_same_output_without_model_or_tools(instrumente
     assert isinstance(served[0].parts[0], ToolCallPart)  # real ModelResponse objects
 
     # Another question is a divergence, reported at the model request.
-    with pytest.raises(ReplayDivergence, match="args differ at args.messages"):
+    with pytest.raises(ReplayDivergence, match=r"args differ at args\.messages"):
         async with replay("pa-replay", mock=("llm", "tool")):
             await agent.run("Bergen?", deps=Deps())
 
@@ -299,7 +297,7 @@ async def test_one_agent_only(memory_store) -> None:
         e.payload["agent"] for e in await events_of("pa-one") if e.event_type == "agent_started"
     ]
     assert started == ["watched"]
-    with pytest.raises(TypeError, match="pydantic_ai.Agent"):
+    with pytest.raises(TypeError, match=r"pydantic_ai\.Agent"):
         at.instrument_pydantic_ai("not an agent")
 
 
