@@ -154,9 +154,9 @@ async def test_run_stream_is_recorded_and_replays_as_a_stream(instrumented) -> N
     assert responded[1]["usage"]["output_tokens"] > 0
     assert [e.event_type for e in events][-2] == "agent_finished"
 
-    async with replay("pa-stream", mock=("llm", "tool")) as r:
-        async with agent.run_stream("Weather?", deps=Deps()) as stream:
-            again = [c async for c in stream.stream_text(delta=True)]
+    r = replay("pa-stream", mock=("llm", "tool"))
+    async with r, agent.run_stream("Weather?", deps=Deps()) as stream:
+        again = [c async for c in stream.stream_text(delta=True)]
     assert "".join(again) == "It is 21.5 C in Paris."
     assert calls == ["Paris"]  # the tool ran once: when recorded
     assert r.served == 3
