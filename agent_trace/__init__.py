@@ -48,7 +48,23 @@ from agent_trace.stores import open_store
 from agent_trace.upcasting import register_upcaster
 
 if TYPE_CHECKING:
-    from agent_trace.integrations._agents import Instrumentation
+    from agent_trace.integrations._agents import Instrumentation as FrameworkInstrumentation
+    from agent_trace.integrations._sdk import Instrumentation
+
+
+def instrument_openai(client: Any = None) -> Instrumentation:
+    """Record every OpenAI SDK client's LLM calls (or ``client``'s only); extra ``openai``."""
+    from agent_trace.integrations.openai import instrument_openai as instrument
+
+    return instrument(client)
+
+
+def instrument_anthropic(client: Any = None) -> Instrumentation:
+    """Record every Anthropic SDK client's LLM calls (or ``client``'s only); extra ``anthropic``."""
+    from agent_trace.integrations.anthropic import instrument_anthropic as instrument
+
+    return instrument(client)
+
 
 __all__ = [
     "AgentEvent",
@@ -72,6 +88,8 @@ __all__ = [
     "instrument_openai_agents",
     "instrument_pydantic_ai",
     "ingest_sync",
+    "instrument_anthropic",
+    "instrument_openai",
     "list_sessions",
     "list_sessions_sync",
     "open_store",
@@ -93,7 +111,7 @@ __all__ = [
 # --- agent frameworks: each integration is imported only when asked for ---------------
 
 
-def instrument_pydantic_ai(agent: Any = None) -> Instrumentation:
+def instrument_pydantic_ai(agent: Any = None) -> FrameworkInstrumentation:
     """Record every pydantic-ai ``Agent`` run (or ``agent``'s): model requests, tools, runs.
 
     Returns a handle with ``.uninstrument()``. Needs the ``pydantic-ai`` extra.
@@ -107,7 +125,7 @@ def instrument_pydantic_ai(agent: Any = None) -> Instrumentation:
     return pydantic_ai.instrument(agent)
 
 
-def instrument_langchain() -> Instrumentation:
+def instrument_langchain() -> FrameworkInstrumentation:
     """Record LangChain/LangGraph chat model calls, tool calls and graph runs.
 
     Returns a handle with ``.uninstrument()``. Needs the ``langchain`` extra.
@@ -121,7 +139,7 @@ def instrument_langchain() -> Instrumentation:
     return langchain.instrument()
 
 
-def instrument_openai_agents() -> Instrumentation:
+def instrument_openai_agents() -> FrameworkInstrumentation:
     """Record OpenAI Agents SDK runs: agents, handoffs, guardrails, tools, model calls.
 
     Returns a handle with ``.uninstrument()``. Needs the ``openai-agents`` extra.

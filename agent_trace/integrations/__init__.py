@@ -1,5 +1,5 @@
-"""Integrations with LLM SDKs and agent frameworks, one module each.
+"""Integrations with LLM SDKs and agent frameworks; each imported only when used.
 
-Each module is imported only by its ``agent_trace.instrument_*`` function,
-so ``import agent_trace`` never imports an SDK or a framework.
+``agent_trace.instrument_openai()`` and friends import the module for their
+SDK or framework on first call, so ``import agent_trace`` never imports one.
 """
