@@ -21,8 +21,7 @@ try:
     import openai
 except ImportError as exc:  # pragma: no cover - exercised without the extra
     raise ImportError(
-        "agent_trace.instrument_openai() needs the OpenAI SDK: "
-        "pip install 'agent-trace[openai]'"
+        "agent_trace.instrument_openai() needs the OpenAI SDK: pip install 'agent-trace[openai]'"
     ) from exc
 
 __all__ = ["instrument_openai"]
@@ -69,8 +68,8 @@ class OpenAISDK(SDK):
     def replay_client(self, is_async: bool, transport: Any) -> Any:
         http = self.http_module()
         cls = openai.AsyncOpenAI if is_async else openai.OpenAI
-        http_client = http.AsyncClient(transport=transport) if is_async else http.Client(
-            transport=transport
+        http_client = (
+            http.AsyncClient(transport=transport) if is_async else http.Client(transport=transport)
         )
         return cls(
             api_key="agent-trace-replay",
