@@ -13,10 +13,10 @@
   ``time_to_first_chunk_ms``), and each LangGraph run as
   ``agent_started``/``agent_finished`` (``agent``: the graph's name);
 - the global LLM cache (``langchain_core.globals.set_llm_cache``), the one
-  place where LangChain lets something else answer a chat model call: under
-  ``replay(..., mock=("llm", ...))`` it answers with the recorded
-  ``AIMessage``; otherwise it passes every lookup on to the cache that was
-  set before (if any);
+  place where LangChain lets something else answer a chat model call: from
+  the first call a replay serves, a cache in front of the one set before (if
+  any) answers with the recorded ``AIMessage`` and passes every other lookup
+  on;
 - ``BaseTool.run``/``BaseTool.arun``, the public methods every tool call
   goes through (``invoke``, LangGraph's ``ToolNode``): LangChain has no hook
   that lets a recorded result stand in for a tool, so these are wrapped
@@ -85,9 +85,20 @@ def instrument() -> Instrumentation:
             for method in ("run", "arun"):
                 wrapt.wrap_function_wrapper(BaseTool, method, _tool_wrapper(method == "arun"))
                 _tool_hooks.append((method, BaseTool.__dict__[method]))
+    return Instrumentation("langchain", _remove)
+
+
+def _serve_through_cache() -> None:
+    """Put the replay cache in front of LangChain's global cache (from the first served call).
+
+    Only then: with a global cache set, LangChain serializes every prompt into
+    a cache key, a cost a run that is only recorded should not pay.
+    """
+    global _cache
+    with _lock:
+        if _handles and (_cache is None or get_llm_cache() is not _cache):
             _cache = _ReplayCache(get_llm_cache())
             set_llm_cache(_cache)
-    return Instrumentation("langchain", _remove)
 
 
 def _remove() -> None:
@@ -231,6 +242,7 @@ class AgentTraceCallbackHandler(BaseCallbackHandler):
             return
         run = self.llm_runs[run_id] = _LLMRun(call)
         if call.mock is not None:
+            _serve_through_cache()
             run.pending = _Pending(run)
             waiting = tuple(p for p in _pending.get() if not p.taken)
             _pending.set((*waiting, run.pending))

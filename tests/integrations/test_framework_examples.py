@@ -42,6 +42,18 @@ def run(name: str) -> str:
                 "the tool ran 1 time(s)",
             ],
         ),
+        (
+            "openai_agents_handoff.py",
+            [
+                "answer: Paris is sunny today.",
+                "agent_handoff     triage -> weather_agent",
+                "guardrail_checked on_topic triggered=False",
+                "tool_started      forecast {'city': 'Paris'}",
+                "'cache_read_tokens': 128",
+                "replayed: Paris is sunny today. (served 4 calls)",
+                "the tool ran 1 time(s)",
+            ],
+        ),
     ],
 )
 def test_example_runs_and_records(name: str, expected: list[str]) -> None:

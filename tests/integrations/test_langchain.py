@@ -333,3 +333,24 @@ def test_missing_framework_raises_import_error_naming_the_extra(monkeypatch) -> 
     monkeypatch.setitem(sys.modules, "langchain_core", None)
     with pytest.raises(ImportError, match=r"agent-trace\[langchain\]"):
         at.instrument_langchain()
+
+
+async def test_a_cache_set_before_stays_behind_ours(memory_store) -> None:
+    from langchain_core.caches import InMemoryCache
+    from langchain_core.globals import get_llm_cache, set_llm_cache
+
+    theirs = InMemoryCache()
+    set_llm_cache(theirs)
+    try:
+        handle = at.instrument_langchain()
+        async with at.session("lc-cache"):
+            await agent().ainvoke(QUESTION)
+        assert get_llm_cache() is theirs  # recording alone leaves the cache alone
+        async with replay("lc-cache", mock=("llm", "tool")) as r:
+            out = await agent(ToolCallingFake(messages=iter([]))).ainvoke(QUESTION)
+        assert out["messages"][-1].content == "It is sunny in Paris." and r.served == 3
+        assert get_llm_cache() is not theirs
+        handle.uninstrument()
+        assert get_llm_cache() is theirs
+    finally:
+        set_llm_cache(None)
