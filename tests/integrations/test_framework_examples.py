@@ -61,3 +61,13 @@ def test_example_runs_and_records(name: str, expected: list[str]) -> None:
     for line in expected:
         assert line in out
     assert "hunter2" not in out
+
+
+def test_framework_benchmark_runs_quick() -> None:
+    bench = EXAMPLES.parent / "benchmarks" / "bench_frameworks.py"
+    proc = subprocess.run(
+        [sys.executable, str(bench), "--quick"], capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr
+    for name in ("pydantic-ai:", "langgraph:", "openai-agents:"):
+        assert name in proc.stdout
