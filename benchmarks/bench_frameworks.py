@@ -149,9 +149,8 @@ async def measure(name: str, runs: int) -> list[str]:
 async def main(runs: int) -> None:
     at.configure(store="memory://")
     print(f"{runs} runs each (2 model calls + 1 tool call per run); medians in us")
-    print(
-        f"{'framework':16} {'plain':>10} {'recorded':>10} {'ratio':>8} {'added':>10} {'replayed':>10}"
-    )
+    head = ("plain", 10), ("recorded", 10), ("ratio", 8), ("added", 10), ("replayed", 10)
+    print(f"{'framework':16} " + " ".join(f"{name:>{width}}" for name, width in head))
     for name in FRAMEWORKS:
         for line in await measure(name, runs):
             print(line)
