@@ -7,6 +7,9 @@ and ``guardrail_checked`` belong to the run's span too, never to a tool,
 LLM or decision call (whose event sequences stay exactly as section 2 of
 the spec lists them).
 
+``run_call``/``run_call_sync``: one recorded LLM or tool call around the
+framework's own call, or the recording served in its place under replay.
+
 Nothing here raises into agent code: a failure to record is swallowed.
 """
 
@@ -17,15 +20,25 @@ import contextvars
 import logging
 import threading
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
 
 from agent_trace.capture import capture
 from agent_trace.context import Span, _session, _span
 from agent_trace.events import new_span_id
 from agent_trace.recorder import get_recorder
 
-__all__ = ["AgentRun", "Instrumentation", "emit_event", "missing_extra"]
+if TYPE_CHECKING:
+    from agent_trace.decorators import _Call
+
+__all__ = [
+    "AgentRun",
+    "Instrumentation",
+    "emit_event",
+    "missing_extra",
+    "run_call",
+    "run_call_sync",
+]
 
 _log = logging.getLogger("agent_trace")
 _perf = time.perf_counter
@@ -152,3 +165,66 @@ class Instrumentation:
     def __repr__(self) -> str:
         state = "active" if self.active else "uninstrumented"
         return f"<agent_trace {self.name} instrumentation ({state})>"
+
+
+# --- one recorded call around the framework's own call ----------------------------------
+
+Outcome = Callable[[Any], tuple[Any, "dict[str, Any] | None"]]
+
+
+def _outcome(outcome: Outcome | None, result: Any) -> tuple[Any, dict[str, Any] | None]:
+    """What the success event records of ``result``: (value, extra fields)."""
+    if outcome is None:
+        return result, None
+    try:
+        return outcome(result)
+    except Exception:  # recording never raises into agent code
+        return repr(result), None
+
+
+async def run_call(
+    call: _Call,
+    run: Callable[[], Awaitable[Any]],
+    serve: Callable[[_Call], Any],
+    outcome: Outcome | None = None,
+) -> Any:
+    """The call's events around ``await run()``, or ``serve(call)`` under replay.
+
+    The call's span is current while it runs; the result or the exception is
+    the framework's own, passed on unchanged.
+    """
+    await call.await_durable(call.start())
+    token = _span.set(call.span)
+    try:
+        result = serve(call) if call.mock is not None else await run()
+    except BaseException as exc:
+        _span.reset(token)
+        n = call.fail(exc)
+        if isinstance(exc, Exception):  # cancelled: not awaited again inside the cancellation
+            await call.await_durable(n)
+        raise
+    _span.reset(token)
+    value, extra = _outcome(outcome, result)
+    await call.await_durable(call.succeed(value, extra))
+    return result
+
+
+def run_call_sync(
+    call: _Call,
+    run: Callable[[], Any],
+    serve: Callable[[_Call], Any],
+    outcome: Outcome | None = None,
+) -> Any:
+    """:func:`run_call` for a synchronous framework call."""
+    call.wait(call.start())
+    token = _span.set(call.span)
+    try:
+        result = serve(call) if call.mock is not None else run()
+    except BaseException as exc:
+        _span.reset(token)
+        call.wait(call.fail(exc))
+        raise
+    _span.reset(token)
+    value, extra = _outcome(outcome, result)
+    call.wait(call.succeed(value, extra))
+    return result

@@ -50,9 +50,8 @@ from langchain_core.outputs import ChatGeneration
 from langchain_core.tools import BaseTool, ToolException
 from langchain_core.tracers.context import register_configure_hook
 
-from agent_trace.context import _span
 from agent_trace.decorators import LLM, TOOL, _Call, start_call
-from agent_trace.integrations._agents import AgentRun, Instrumentation
+from agent_trace.integrations._agents import AgentRun, Instrumentation, run_call, run_call_sync
 from agent_trace.replay import ReplayDivergence
 
 __all__ = ["instrument"]
@@ -392,41 +391,23 @@ def _tool_wrapper(is_async: bool) -> Any:
         call, tool_call_id = start(instance, args, kwargs)
         if call is None:
             return wrapped(*args, **kwargs)
-        call.wait(call.start())
-        token = _span.set(call.span)
-        try:
-            if call.mock is not None:
-                output = _served_tool(call, instance, tool_call_id)
-            else:
-                output = wrapped(*args, **kwargs)
-        except BaseException as exc:
-            _span.reset(token)
-            call.wait(call.fail(exc))
-            raise
-        _span.reset(token)
-        call.wait(_tool_succeeded(call, output))
-        return output
+        return run_call_sync(
+            call,
+            lambda: wrapped(*args, **kwargs),
+            lambda c: _served_tool(c, instance, tool_call_id),
+            _tool_outcome,
+        )
 
     async def run_async(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
         call, tool_call_id = start(instance, args, kwargs)
         if call is None:
             return await wrapped(*args, **kwargs)
-        await call.await_durable(call.start())
-        token = _span.set(call.span)
-        try:
-            if call.mock is not None:
-                output = _served_tool(call, instance, tool_call_id)
-            else:
-                output = await wrapped(*args, **kwargs)
-        except BaseException as exc:
-            _span.reset(token)
-            n = call.fail(exc)
-            if isinstance(exc, Exception):
-                await call.await_durable(n)
-            raise
-        _span.reset(token)
-        await call.await_durable(_tool_succeeded(call, output))
-        return output
+        return await run_call(
+            call,
+            lambda: wrapped(*args, **kwargs),
+            lambda c: _served_tool(c, instance, tool_call_id),
+            _tool_outcome,
+        )
 
     return run_async if is_async else run_sync
 
@@ -446,7 +427,7 @@ def _tool_args(tool: BaseTool, tool_input: Any) -> dict[str, Any]:
     return {k: v for k, v in tool_input.items() if k in names}
 
 
-def _tool_succeeded(call: _Call, output: Any) -> int:
+def _tool_outcome(output: Any) -> tuple[Any, dict[str, Any] | None]:
     """``tool_executed``: a ``ToolMessage``'s content (and status, artifact), else the output."""
     if isinstance(output, ToolMessage):
         extra: dict[str, Any] = {"message": "ToolMessage"}
@@ -454,8 +435,8 @@ def _tool_succeeded(call: _Call, output: Any) -> int:
             extra["status"] = output.status
         if output.artifact is not None:
             extra["artifact"] = output.artifact
-        return call.succeed(output.content, extra)
-    return call.succeed(output)
+        return output.content, extra
+    return output, None
 
 
 def _served_tool(call: _Call, tool: BaseTool, tool_call_id: str | None) -> Any:

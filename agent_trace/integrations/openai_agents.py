@@ -58,7 +58,7 @@ from pydantic import TypeAdapter
 
 from agent_trace.context import _span
 from agent_trace.decorators import LLM, TOOL, _Call, start_call
-from agent_trace.integrations._agents import AgentRun, Instrumentation, emit_event
+from agent_trace.integrations._agents import AgentRun, Instrumentation, emit_event, run_call
 from agent_trace.llm import ResponsesStreamAssembler, usage_of
 
 __all__ = ["instrument"]
@@ -297,27 +297,12 @@ async def _get_response(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> 
     call = _begin_model_call(instance, args, kwargs)
     if call is None:
         return await wrapped(*args, **kwargs)
-    await call.await_durable(call.start())
-    token = _span.set(call.span)
-    try:
-        if call.mock is not None:
-            response = _served_response(call)
-        else:
-            response = await wrapped(*args, **kwargs)
-    except BaseException as exc:
-        _span.reset(token)
-        n = call.fail(exc)
-        if isinstance(exc, Exception):
-            await call.await_durable(n)
-        raise
-    _span.reset(token)
-    try:
-        value = _response_json(response.output, response.usage, response.response_id)
-        extra = {"usage": usage_of(response)}
-    except Exception:  # recording never raises into agent code
-        value, extra = repr(response), {}
-    await call.await_durable(call.succeed(value, extra))
-    return response
+    return await run_call(call, lambda: wrapped(*args, **kwargs), _served_response, _outcome)
+
+
+def _outcome(response: Any) -> tuple[Any, dict[str, Any]]:
+    value = _response_json(response.output, response.usage, response.response_id)
+    return value, {"usage": usage_of(response)}
 
 
 def _stream(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
@@ -494,21 +479,12 @@ class _RecordedInvoke:
         call = start_call(TOOL, self.name, args)
         if call is None:
             return await self.original(ctx, arguments)
-        await call.await_durable(call.start())
-        token = _span.set(call.span)
-        try:
-            result = (
-                call.mock.play() if call.mock is not None else await self.original(ctx, arguments)
-            )
-        except BaseException as exc:
-            _span.reset(token)
-            n = call.fail(exc)
-            if isinstance(exc, Exception):
-                await call.await_durable(n)
-            raise
-        _span.reset(token)
-        await call.await_durable(call.succeed(result))
-        return result
+        return await run_call(call, lambda: self.original(ctx, arguments), _play)
+
+
+def _play(call: _Call) -> Any:
+    assert call.mock is not None
+    return call.mock.play()
 
 
 def _wrap_tool(tool: Any) -> None:

@@ -37,9 +37,8 @@ from pydantic_ai import Agent, ModelRetry
 from pydantic_ai.capabilities import AbstractCapability
 from pydantic_ai.messages import ModelMessagesTypeAdapter, ModelResponse
 
-from agent_trace.context import _span
 from agent_trace.decorators import LLM, TOOL, _Call, start_call
-from agent_trace.integrations._agents import AgentRun, Instrumentation
+from agent_trace.integrations._agents import AgentRun, Instrumentation, run_call
 
 __all__ = ["instrument"]
 
@@ -141,13 +140,12 @@ class RecordedRun(AbstractCapability[Any]):
         call = start_call(LLM, MODEL_REQUEST, args, fields)
         if call is None:
             return await handler(request_context)
-        extra: dict[str, Any] = {"stream": True} if request_context.streaming else {}
-        return await _run_call(
+        stream: dict[str, Any] = {"stream": True} if request_context.streaming else {}
+        return await run_call(
             call,
             lambda: handler(request_context),
             _served_response,
-            lambda response: {**_response_fields(response), **extra},
-            _response_json,
+            lambda response: (_response_json(response), {**_response_fields(response), **stream}),
         )
 
     async def wrap_tool_execute(
@@ -156,37 +154,7 @@ class RecordedRun(AbstractCapability[Any]):
         recorded = start_call(TOOL, call.tool_name, dict(args) if args else {})
         if recorded is None:
             return await handler(args)
-        return await _run_call(recorded, lambda: handler(args), _served_tool_result)
-
-
-async def _run_call(
-    call: _Call,
-    run: Any,
-    served: Any,
-    extra_of: Any = None,
-    recorded_as: Any = None,
-) -> Any:
-    """Emit the call's events around ``run()`` (or the served recording, under replay)."""
-    n = call.start()
-    await call.await_durable(n)
-    token = _span.set(call.span)
-    try:
-        result = served(call) if call.mock is not None else await run()
-    except BaseException as exc:
-        _span.reset(token)
-        n = call.fail(exc)
-        if isinstance(exc, Exception):
-            await call.await_durable(n)
-        raise
-    _span.reset(token)
-    try:
-        extra = extra_of(result) if extra_of is not None else None
-        value = recorded_as(result) if recorded_as is not None else result
-    except Exception:  # recording never raises into agent code
-        extra, value = None, repr(result)
-    n = call.succeed(value, extra)
-    await call.await_durable(n)
-    return result
+        return await run_call(recorded, lambda: handler(args), _served_tool_result)
 
 
 def _served_response(call: _Call) -> ModelResponse:

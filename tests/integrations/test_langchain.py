@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import sys
 import warnings
 from collections.abc import Iterator
 from typing import Annotated, Any
 
 import pytest
+from agent_helpers import assert_calls_keep_their_own_events, events_of, without_package
 from langchain_core.callbacks import CallbackManagerForLLMRun
 from langchain_core.language_models.fake_chat_models import GenericFakeChatModel
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, ToolMessage
@@ -16,14 +16,11 @@ from langchain_core.tools import tool
 from langgraph.prebuilt import InjectedState
 
 import agent_trace as at
-import agent_trace.integrations
 from agent_trace.replay import ReplayDivergence, replay
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")  # create_react_agent's deprecation notice
     from langgraph.prebuilt import create_react_agent
-
-CALL_EVENTS = {"llm_started", "llm_responded", "llm_failed", "tool_started", "tool_executed"}
 
 
 class ToolCallingFake(GenericFakeChatModel):
@@ -112,11 +109,6 @@ def instrumented(memory_store):
     handle = at.instrument_langchain()
     yield handle
     handle.uninstrument()
-
-
-async def events_of(session_id: str) -> list[at.AgentEvent]:
-    await at.flush()
-    return await at.get_events(session_id)
 
 
 async def test_react_agent_run_is_recorded(instrumented) -> None:
@@ -297,15 +289,7 @@ async def test_direct_model_and_tool_calls(instrumented) -> None:
 async def test_agent_events_stay_out_of_call_sequences(instrumented) -> None:
     async with at.session("lc-seq"):
         await agent().ainvoke(QUESTION)
-    by_span: dict[str, list[str]] = {}
-    for ev in await events_of("lc-seq"):
-        if ev.event_type in CALL_EVENTS:
-            by_span.setdefault(ev.span_id, []).append(ev.event_type)
-        elif ev.event_type.startswith("agent_"):
-            assert ev.span_id not in by_span
-    assert sorted(map(tuple, by_span.values())) == sorted(
-        [("llm_started", "llm_responded")] * 2 + [("tool_started", "tool_executed")]
-    )
+    assert_calls_keep_their_own_events(await events_of("lc-seq"), llm_calls=2, tool_calls=1)
 
 
 async def test_instrumenting_twice_records_once_and_uninstrument_stops(memory_store) -> None:
@@ -326,11 +310,7 @@ async def test_instrumenting_twice_records_once_and_uninstrument_stops(memory_st
 
 
 def test_missing_framework_raises_import_error_naming_the_extra(monkeypatch) -> None:
-    monkeypatch.delitem(sys.modules, "agent_trace.integrations.langchain", raising=False)
-    monkeypatch.delattr(agent_trace.integrations, "langchain", raising=False)
-    for name in [m for m in sys.modules if m.split(".")[0] == "langchain_core"]:
-        monkeypatch.delitem(sys.modules, name)
-    monkeypatch.setitem(sys.modules, "langchain_core", None)
+    without_package(monkeypatch, "langchain_core", "langchain")
     with pytest.raises(ImportError, match=r"agent-trace\[langchain\]"):
         at.instrument_langchain()
 

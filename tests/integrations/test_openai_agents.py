@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import sys
 from typing import Any
 
 import agents
 import pytest
+from agent_helpers import assert_calls_keep_their_own_events, events_of, without_package
 from agents import (
     Agent,
     GuardrailFunctionOutput,
@@ -22,10 +22,8 @@ from agents.testing import ModelStep, ScriptedModel, assistant_message, function
 from openai.types.responses.response_usage import InputTokensDetails, OutputTokensDetails
 
 import agent_trace as at
-import agent_trace.integrations
 from agent_trace.replay import ReplayDivergence, replay
 
-CALL_EVENTS = {"llm_started", "llm_responded", "llm_failed", "tool_started", "tool_executed"}
 TOOL_RUNS: list[str] = []
 
 
@@ -108,11 +106,6 @@ def triage(*, empty: bool = False) -> Agent:
     )
 
 
-async def events_of(session_id: str) -> list[at.AgentEvent]:
-    await at.flush()
-    return await at.get_events(session_id)
-
-
 async def test_run_records_agents_handoffs_guardrails_tools_and_model_calls(instrumented) -> None:
     async with at.session("oa-run"):
         result = await Runner.run(triage(), "Weather in Paris?")
@@ -174,16 +167,7 @@ async def test_run_records_agents_handoffs_guardrails_tools_and_model_calls(inst
 async def test_agent_events_stay_out_of_call_sequences(instrumented) -> None:
     async with at.session("oa-seq"):
         await Runner.run(triage(), "Weather in Paris?")
-    by_span: dict[str, list[str]] = {}
-    for ev in await events_of("oa-seq"):
-        if ev.event_type in CALL_EVENTS:
-            by_span.setdefault(ev.span_id, []).append(ev.event_type)
-    for ev in await events_of("oa-seq"):
-        if ev.event_type not in CALL_EVENTS:
-            assert ev.span_id not in by_span
-    assert sorted(map(tuple, by_span.values())) == sorted(
-        [("llm_started", "llm_responded")] * 3 + [("tool_started", "tool_executed")]
-    )
+    assert_calls_keep_their_own_events(await events_of("oa-seq"), llm_calls=3, tool_calls=1)
 
 
 async def test_replay_reaches_the_same_output_without_model_or_tools(instrumented) -> None:
@@ -292,10 +276,6 @@ async def test_instrumenting_twice_records_once_and_uninstrument_stops(memory_st
 
 
 def test_missing_framework_raises_import_error_naming_the_extra(monkeypatch) -> None:
-    monkeypatch.delitem(sys.modules, "agent_trace.integrations.openai_agents", raising=False)
-    monkeypatch.delattr(agent_trace.integrations, "openai_agents", raising=False)
-    for name in [m for m in sys.modules if m.split(".")[0] == "agents"]:
-        monkeypatch.delitem(sys.modules, name)
-    monkeypatch.setitem(sys.modules, "agents", None)
+    without_package(monkeypatch, "agents", "openai_agents")
     with pytest.raises(ImportError, match=r"agent-trace\[openai-agents\]"):
         at.instrument_openai_agents()

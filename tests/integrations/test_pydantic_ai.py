@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import sys
 from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+from agent_helpers import assert_calls_keep_their_own_events, events_of, without_package
 from pydantic_ai import Agent, ModelRetry, RunContext
 from pydantic_ai.messages import ModelMessage, ModelResponse, TextPart, ToolCallPart
 from pydantic_ai.models.function import AgentInfo, DeltaToolCall, FunctionModel
@@ -14,10 +14,7 @@ from pydantic_ai.models.test import TestModel
 from pydantic_ai.usage import RequestUsage
 
 import agent_trace as at
-import agent_trace.integrations
 from agent_trace.replay import ReplayDivergence, replay
-
-CALL_EVENTS = {"llm_started", "llm_responded", "llm_failed", "tool_started", "tool_executed"}
 
 
 @pytest.fixture
@@ -65,11 +62,6 @@ def weather_agent(tool_calls: list[str]) -> Agent[Deps, str]:
         return 21.5
 
     return agent
-
-
-async def events_of(session_id: str) -> list[at.AgentEvent]:
-    await at.flush()
-    return await at.get_events(session_id)
 
 
 async def test_run_records_agent_model_requests_and_tools(instrumented) -> None:
@@ -130,15 +122,7 @@ async def test_agent_events_stay_out_of_call_sequences(instrumented) -> None:
     agent = weather_agent([])
     async with at.session("pa-seq"):
         await agent.run("Weather?", deps=Deps())
-    by_span: dict[str, list[str]] = {}
-    for ev in await events_of("pa-seq"):
-        if ev.event_type in CALL_EVENTS:
-            by_span.setdefault(ev.span_id, []).append(ev.event_type)
-        elif ev.event_type.startswith("agent_"):
-            assert ev.span_id not in by_span
-    assert sorted(map(tuple, by_span.values())) == sorted(
-        [("llm_started", "llm_responded")] * 2 + [("tool_started", "tool_executed")]
-    )
+    assert_calls_keep_their_own_events(await events_of("pa-seq"), llm_calls=2, tool_calls=1)
 
 
 async def test_run_stream_is_recorded_and_replays_as_a_stream(instrumented) -> None:
@@ -329,10 +313,6 @@ async def test_agent_inside_a_recorded_tool_is_its_child(instrumented) -> None:
 
 
 def test_missing_framework_raises_import_error_naming_the_extra(monkeypatch) -> None:
-    for name in [m for m in sys.modules if m == "pydantic_ai" or m.startswith("pydantic_ai.")]:
-        monkeypatch.delitem(sys.modules, name)
-    monkeypatch.delitem(sys.modules, "agent_trace.integrations.pydantic_ai", raising=False)
-    monkeypatch.delattr(agent_trace.integrations, "pydantic_ai", raising=False)
-    monkeypatch.setitem(sys.modules, "pydantic_ai", None)  # import pydantic_ai -> ImportError
+    without_package(monkeypatch, "pydantic_ai", "pydantic_ai")
     with pytest.raises(ImportError, match=r"agent-trace\[pydantic-ai\]"):
         at.instrument_pydantic_ai()
