@@ -147,7 +147,7 @@ def failure_fields(exc: BaseException) -> dict[str, Any]:
     return fields
 
 
-class RecordedStream(wrapt.ObjectProxy):  # type: ignore[misc]
+class RecordedStream(wrapt.ObjectProxy):  # type: ignore[type-arg,misc,unused-ignore]
     """A synchronous SDK stream (``openai.Stream``, ``anthropic.Stream``), recorded."""
 
     def __init__(self, stream: Any, recording: StreamRecording) -> None:
@@ -189,10 +189,13 @@ class RecordedStream(wrapt.ObjectProxy):  # type: ignore[misc]
     def __del__(self) -> None:
         recording = getattr(self, "_self_recording", None)
         if recording is not None and not recording.done:
-            recording.finish(complete=False)
+            # Dropped unfinished (a `break` without close()); at interpreter
+            # shutdown the recorder may be gone: never raise from a finalizer.
+            with contextlib.suppress(Exception):
+                recording.finish(complete=False)
 
 
-class AsyncRecordedStream(wrapt.ObjectProxy):  # type: ignore[misc]
+class AsyncRecordedStream(wrapt.ObjectProxy):  # type: ignore[type-arg,misc,unused-ignore]
     """An asynchronous SDK stream (``openai.AsyncStream``, ...), recorded."""
 
     def __init__(self, stream: Any, recording: StreamRecording) -> None:
@@ -236,7 +239,10 @@ class AsyncRecordedStream(wrapt.ObjectProxy):  # type: ignore[misc]
     def __del__(self) -> None:
         recording = getattr(self, "_self_recording", None)
         if recording is not None and not recording.done:
-            recording.finish(complete=False)
+            # Dropped unfinished (a `break` without close()); at interpreter
+            # shutdown the recorder may be gone: never raise from a finalizer.
+            with contextlib.suppress(Exception):
+                recording.finish(complete=False)
 
 
 # --- Anthropic's messages.stream() helper ---------------------------------------
@@ -302,7 +308,7 @@ def _snapshot(stream: Any) -> Any:
     return lambda: stream.current_message_snapshot
 
 
-class RecordedStreamManager(wrapt.ObjectProxy):  # type: ignore[misc]
+class RecordedStreamManager(wrapt.ObjectProxy):  # type: ignore[type-arg,misc,unused-ignore]
     """Anthropic's ``MessageStreamManager``: ``with`` yields a recorded ``MessageStream``."""
 
     def __init__(self, manager: Any, call: _Call) -> None:
@@ -329,7 +335,7 @@ class RecordedStreamManager(wrapt.ObjectProxy):  # type: ignore[misc]
                 self._self_recording.finish(complete=False)
 
 
-class AsyncRecordedStreamManager(wrapt.ObjectProxy):  # type: ignore[misc]
+class AsyncRecordedStreamManager(wrapt.ObjectProxy):  # type: ignore[type-arg,misc,unused-ignore]
     """Anthropic's ``AsyncMessageStreamManager``, as ``RecordedStreamManager``."""
 
     def __init__(self, manager: Any, call: _Call) -> None:

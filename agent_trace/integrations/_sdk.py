@@ -59,6 +59,8 @@ _inside: contextvars.ContextVar[bool] = contextvars.ContextVar(
 )
 _DROPPED_ARGS = frozenset({"extra_headers", "timeout"})
 _RAW_HEADER = "X-Stainless-Raw-Response"
+# SDK errors raised for no HTTP answer -> the transport error that makes the SDK raise them.
+_TRANSPORT_ERRORS = {"APITimeoutError": "ReadTimeout", "APIConnectionError": "ConnectError"}
 
 
 @dataclass(frozen=True)
@@ -136,7 +138,9 @@ def _recorded_answer(sdk: SDK, target: Target, call: _Call, kwargs: dict[str, An
     outcome = recorded.outcome or {}
     if recorded.failed:
         status = outcome.get("status_code")
-        if not isinstance(status, int):  # not an HTTP error: timeouts, connection errors ...
+        if recorded.error_type in _TRANSPORT_ERRORS:  # the SDK raises its own type again
+            return 0, recorded.error_type, b""
+        if not isinstance(status, int):  # not from the SDK: raised as recorded
             raise recorded_exception(recorded.error_type, recorded.error)
         body = outcome.get("error_body")
         if body is None:
@@ -155,6 +159,8 @@ def _replay_method(sdk: SDK, target: Target, answer: tuple[int, str, bytes]) -> 
     status, content_type, body = answer
 
     def handler(request: Any) -> Any:
+        if status == 0:  # a recorded timeout or connection error
+            raise getattr(http, _TRANSPORT_ERRORS[content_type])("replayed", request=request)
         return http.Response(status, headers={"content-type": content_type}, content=body)
 
     client = sdk.replay_client(target.is_async, http.MockTransport(handler))
@@ -364,3 +370,48 @@ def _instrument_client(sdk: SDK, client: Any) -> list[Callable[[], None]]:
 def _is_async_client(sdk: SDK, client: Any) -> bool:
     # client_classes() lists (sync, async) pairs.
     return any(isinstance(client, cls) for cls in sdk.client_classes()[1::2])
+
+
+# --- streams returned by @record_llm functions, replayed ------------------------------
+
+
+def replayed_stream(outcome: dict[str, Any], is_async: bool) -> Any:
+    """The SDK stream a recorded ``@record_llm`` stream replays as, or None.
+
+    The recorded response's shape says which SDK and API produced it; the
+    SDK itself parses server-sent events rebuilt from it, so the caller gets
+    an ``openai.Stream`` / ``anthropic.Stream`` (or their async forms) of the
+    SDK's own chunk objects. Returns a coroutine for ``is_async``.
+    """
+    response = outcome.get("response")
+    if not isinstance(response, dict) or not outcome.get("stream"):
+        return None
+    kind = response.get("object") or response.get("type")
+    model = response.get("model") or "replayed"
+    sdk: SDK
+    if kind in ("chat.completion", "response"):
+        from agent_trace.integrations.openai import _SDK as openai_sdk
+
+        sdk = openai_sdk
+        shape = "chat" if kind == "chat.completion" else "responses"
+        kwargs: dict[str, Any] = (
+            {"model": model, "messages": [], "stream": True}
+            if shape == "chat"
+            else {"model": model, "input": "", "stream": True}
+        )
+    elif kind == "message":
+        from agent_trace.integrations.anthropic import _SDK as anthropic_sdk
+
+        sdk, shape = anthropic_sdk, "messages"
+        kwargs = {"model": model, "messages": [], "max_tokens": 1, "stream": True}
+    else:
+        return None
+    target = next(t for t in sdk.targets if t.shape == shape and t.is_async == is_async)
+    chunks = outcome.get("chunks")
+    body = sdk.sse(shape, response, chunks if isinstance(chunks, int) else None)
+    method = _replay_method(sdk, target, (200, "text/event-stream", body))
+    token = _inside.set(True)
+    try:
+        return method(**kwargs)
+    finally:
+        _inside.reset(token)
