@@ -36,6 +36,7 @@ __all__ = [
     "Instrumentation",
     "emit_event",
     "missing_extra",
+    "restore",
     "run_call",
     "run_call_sync",
 ]
@@ -228,3 +229,14 @@ def run_call_sync(
     value, extra = _outcome(outcome, result)
     call.wait(call.succeed(value, extra))
     return result
+
+
+def restore(owner: type, name: str, hook: Any) -> None:
+    """Put back what ``hook`` (a ``wrapt`` wrapper we installed on ``owner``) wraps.
+
+    Left in place, and inert, when someone wrapped the attribute again after us:
+    taking ours out would take theirs out too.
+    """
+    original = hook.__wrapped__
+    if owner.__dict__.get(name) is hook:
+        setattr(owner, name, original)

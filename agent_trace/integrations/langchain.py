@@ -51,7 +51,13 @@ from langchain_core.tools import BaseTool, ToolException
 from langchain_core.tracers.context import register_configure_hook
 
 from agent_trace.decorators import LLM, TOOL, _Call, start_call
-from agent_trace.integrations._agents import AgentRun, Instrumentation, run_call, run_call_sync
+from agent_trace.integrations._agents import (
+    AgentRun,
+    Instrumentation,
+    restore,
+    run_call,
+    run_call_sync,
+)
 from agent_trace.replay import ReplayDivergence
 
 __all__ = ["instrument"]
@@ -107,9 +113,7 @@ def _remove() -> None:
         if _handles:
             return
         for method, hook in _tool_hooks:
-            # Put the original back unless someone wrapped it after us (then ours stays, inert).
-            if BaseTool.__dict__.get(method) is hook:
-                setattr(BaseTool, method, hook.__wrapped__)
+            restore(BaseTool, method, hook)
         _tool_hooks.clear()
         if _cache is not None and get_llm_cache() is _cache:
             set_llm_cache(_cache.previous)
@@ -246,7 +250,7 @@ class AgentTraceCallbackHandler(BaseCallbackHandler):
             waiting = tuple(p for p in _pending.get() if not p.taken)
             _pending.set((*waiting, run.pending))
 
-    def on_llm_new_token(self, token: str, *, run_id: uuid.UUID, **kwargs: Any) -> None:
+    def on_llm_new_token(self, token: Any, *, run_id: uuid.UUID, **kwargs: Any) -> None:
         run = self.llm_runs.get(run_id)
         if run is not None:
             if run.first_ms is None:
@@ -420,8 +424,8 @@ def _tool_args(tool: BaseTool, tool_input: Any) -> dict[str, Any]:
         schema = tool.tool_call_schema
         if isinstance(schema, dict):
             names = set((schema.get("properties") or {}).keys())
-        else:
-            names = set(schema.model_fields)
+        else:  # a pydantic model (v2, or v1's __fields__)
+            names = set(getattr(schema, "model_fields", None) or getattr(schema, "__fields__", {}))
     except Exception:  # an unusual schema: keep what the caller passed
         return dict(tool_input)
     return {k: v for k, v in tool_input.items() if k in names}

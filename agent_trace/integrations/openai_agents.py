@@ -58,7 +58,13 @@ from pydantic import TypeAdapter
 
 from agent_trace.context import _span
 from agent_trace.decorators import LLM, TOOL, _Call, start_call
-from agent_trace.integrations._agents import AgentRun, Instrumentation, emit_event, run_call
+from agent_trace.integrations._agents import (
+    AgentRun,
+    Instrumentation,
+    emit_event,
+    restore,
+    run_call,
+)
 from agent_trace.llm import ResponsesStreamAssembler, usage_of
 
 __all__ = ["instrument"]
@@ -99,8 +105,7 @@ def _remove() -> None:
         if _handles:
             return
         for cls, method, hook in _model_hooks:
-            if cls.__dict__.get(method) is hook:  # else wrapped again after us: leave it inert
-                setattr(cls, method, hook.__wrapped__)
+            restore(cls, method, hook)
         _model_hooks.clear()
         for ref, original in _tools.values():
             tool = ref()
@@ -173,7 +178,7 @@ class _Processor(TracingProcessor):
 
     def _agent_span_of(self, span: Any) -> str | None:
         """The SDK span id of the agent run ``span`` belongs to."""
-        parent = span.parent_id
+        parent: str | None = span.parent_id
         for _ in range(100):  # bounded: spans nest a few levels deep
             if parent is None or parent in self.runs:
                 return parent

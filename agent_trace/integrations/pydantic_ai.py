@@ -38,7 +38,7 @@ from pydantic_ai.capabilities import AbstractCapability
 from pydantic_ai.messages import ModelMessagesTypeAdapter, ModelResponse
 
 from agent_trace.decorators import LLM, TOOL, _Call, start_call
-from agent_trace.integrations._agents import AgentRun, Instrumentation, run_call
+from agent_trace.integrations._agents import AgentRun, Instrumentation, restore, run_call
 
 __all__ = ["instrument"]
 
@@ -91,9 +91,7 @@ def _remove(key: int | None) -> None:
                 del _agents[key]
         if _everywhere or _agents or _hook is None:
             return
-        # Put the original back unless someone wrapped it after us (then ours stays, inert).
-        if Agent.__dict__.get("iter") is _hook:
-            Agent.iter = _hook.__wrapped__  # type: ignore[method-assign]
+        restore(Agent, "iter", _hook)
         _hook = None
 
 
