@@ -316,3 +316,29 @@ def test_missing_framework_raises_import_error_naming_the_extra(monkeypatch) -> 
     without_package(monkeypatch, "pydantic_ai", "pydantic_ai")
     with pytest.raises(ImportError, match=r"agent-trace\[pydantic-ai\]"):
         at.instrument_pydantic_ai()
+
+
+async def test_the_span_tree_shows_the_agent_run_over_its_calls(instrumented) -> None:
+    from agent_trace.projections import build_span_tree
+
+    async with at.session("pa-tree"):
+        await weather_agent([]).run("Weather?", deps=Deps())
+    (root,) = build_span_tree(await events_of("pa-tree"))
+    assert (root.kind, root.name, root.status) == ("agent", "weather", "ok")
+    assert [(c.kind, c.name) for c in root.children] == [
+        ("llm", "pydantic_ai.model_request"),
+        ("tool", "temperature"),
+        ("llm", "pydantic_ai.model_request"),
+    ]
+    assert root.duration_ms is not None and root.duration_ms >= sum(
+        c.duration_ms or 0 for c in root.children
+    )
+
+    def broken(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+        raise ConnectionError("down")
+
+    with pytest.raises(ConnectionError):
+        async with at.session("pa-tree-fail"):
+            await Agent(FunctionModel(broken), name="broken").run("hi")
+    (root,) = build_span_tree(await events_of("pa-tree-fail"))
+    assert (root.kind, root.status, root.error) == ("agent", "error", "down")
