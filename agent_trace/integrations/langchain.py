@@ -10,7 +10,8 @@
   and ``llm_responded`` (the ``AIMessage`` as JSON, ``usage`` from
   ``usage_metadata`` with cache and reasoning tokens, ``response_model``,
   ``finish_reasons``; for streams ``stream: true``, ``chunks``,
-  ``time_to_first_chunk_ms``), and each LangGraph run as
+  ``time_to_first_chunk_ms``), and each LangGraph graph run (including
+  ``create_react_agent`` and ``langchain.agents.create_agent``) as
   ``agent_started``/``agent_finished`` (``agent``: the graph's name);
 - the global LLM cache (``langchain_core.globals.set_llm_cache``), the one
   place where LangChain lets something else answer a chat model call: from
@@ -69,6 +70,9 @@ _perf = time.perf_counter
 VOLATILE_KEYS = ("id", "run_id", "tool_call_id")
 # What a request's args keep of each message: what a user reads.
 _MESSAGE_KEYS = ("type", "content", "name", "id", "tool_calls", "tool_call_id", "status")
+
+# How LangChain marks the root run of a graph in its metadata (``ls_integration``).
+_AGENT_INTEGRATIONS = frozenset({"langgraph", "langchain_create_agent"})
 
 _lock = threading.Lock()
 _handles = 0
@@ -191,13 +195,16 @@ class AgentTraceCallbackHandler(BaseCallbackHandler):
         metadata: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
-        # A LangGraph graph invoked by the application (not a node of another run).
+        # A graph invoked by the application (not a node of another run): a LangGraph
+        # graph, the prebuilt ReAct agent or langchain.agents.create_agent.
         if not _handles or parent_run_id is not None:
             return
-        if (metadata or {}).get("ls_integration") != "langgraph":
+        metadata = metadata or {}
+        if metadata.get("ls_integration") not in _AGENT_INTEGRATIONS:
             return
         try:
-            run = AgentRun(str(kwargs.get("name") or "LangGraph"))
+            name = metadata.get("lc_agent_name") or kwargs.get("name") or "LangGraph"
+            run = AgentRun(str(name))
             if run.active:
                 run.enter()
                 self.agent_runs[run_id] = run

@@ -334,3 +334,31 @@ async def test_a_cache_set_before_stays_behind_ours(memory_store) -> None:
         assert get_llm_cache() is theirs
     finally:
         set_llm_cache(None)
+
+
+async def test_create_agent_is_recorded_and_replayed(instrumented) -> None:
+    from langchain.agents import create_agent
+
+    async with at.session("lc-create-agent"):
+        first = await create_agent(fake_model(), [get_weather], name="weather").ainvoke(QUESTION)
+    events = await events_of("lc-create-agent")
+    assert [e.event_type for e in events] == [
+        "session_started",
+        "agent_started",
+        "llm_started",
+        "llm_responded",
+        "tool_started",
+        "tool_executed",
+        "llm_started",
+        "llm_responded",
+        "agent_finished",
+        "session_ended",
+    ]
+    assert events[1].payload == {"agent": "weather"}
+    assert events[4].payload["args"] == {"city": "Paris"}
+    async with replay("lc-create-agent", mock=("llm", "tool")) as r:
+        again = await create_agent(
+            ToolCallingFake(messages=iter([])), [get_weather], name="weather"
+        ).ainvoke(QUESTION)
+    assert again["messages"][-1].content == first["messages"][-1].content
+    assert r.served == 3 and TOOL_RUNS == ["Paris"]
