@@ -32,6 +32,7 @@ Never raises into agent code from the recording side.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import json
 import logging
 import threading
@@ -82,6 +83,11 @@ _model_hooks: list[tuple[type, str, Any]] = []
 # Function tools whose on_invoke_tool we wrapped: id -> (weak ref, original)
 _tools: dict[int, tuple[weakref.ref[Any], Any]] = {}
 _item_adapter: TypeAdapter[Any] = TypeAdapter(TResponseOutputItem)
+# True while a recorded model call runs: a Model that calls another one (its
+# super()'s method, a model it wraps) is recorded once, as the outer call.
+_inside_model: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "agent_trace.openai_agents.inside_model", default=False
+)
 
 
 def instrument() -> Instrumentation:
@@ -299,10 +305,16 @@ def _begin_model_call(model: Any, args: tuple[Any, ...], kwargs: dict[str, Any])
 
 
 async def _get_response(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
+    if _inside_model.get():  # a Model calling another (super(), a wrapped model): recorded once
+        return await wrapped(*args, **kwargs)
     call = _begin_model_call(instance, args, kwargs)
     if call is None:
         return await wrapped(*args, **kwargs)
-    return await run_call(call, lambda: wrapped(*args, **kwargs), _served_response, _outcome)
+    token = _inside_model.set(True)
+    try:
+        return await run_call(call, lambda: wrapped(*args, **kwargs), _served_response, _outcome)
+    finally:
+        _inside_model.reset(token)
 
 
 def _outcome(response: Any) -> tuple[Any, dict[str, Any]]:
@@ -311,6 +323,8 @@ def _outcome(response: Any) -> tuple[Any, dict[str, Any]]:
 
 
 def _stream(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
+    if _inside_model.get():
+        return wrapped(*args, **kwargs)
     call = _begin_model_call(instance, args, kwargs)
     if call is None:
         return wrapped(*args, **kwargs)
@@ -326,7 +340,7 @@ async def _recorded_stream(call: _Call, wrapped: Any, args: Any, kwargs: Any) ->
     first_ms: float | None = None
     complete = failed = False
     try:
-        async for event in events:
+        async for event in _marked(events):
             if first_ms is None:
                 first_ms = (_perf() - call.t0) * 1000
             chunks += 1
@@ -354,6 +368,24 @@ async def _recorded_stream(call: _Call, wrapped: Any, args: Any, kwargs: Any) ->
             if final is not None:
                 value = _response_json(final.output, final.usage, final.id)
             call.succeed(value, extra)
+
+
+async def _marked(events: Any) -> AsyncIterator[Any]:
+    """``events``, each step taken as inside a model call (see ``_inside_model``).
+
+    Set around each step only: a value set in an async generator and left set
+    across a ``yield`` would leak into the consumer's context.
+    """
+    it = events.__aiter__()
+    while True:
+        token = _inside_model.set(True)
+        try:
+            event = await it.__anext__()
+        except StopAsyncIteration:
+            return
+        finally:
+            _inside_model.reset(token)
+        yield event
 
 
 def _usage_json(usage: Any) -> dict[str, Any]:

@@ -279,3 +279,27 @@ def test_missing_framework_raises_import_error_naming_the_extra(monkeypatch) -> 
     without_package(monkeypatch, "agents", "openai_agents")
     with pytest.raises(ImportError, match=r"agent-trace\[openai-agents\]"):
         at.instrument_openai_agents()
+
+
+async def test_a_model_calling_another_is_recorded_once(instrumented) -> None:
+    class Logged(ScriptedModel):
+        """A subclass whose methods call the parent class's."""
+
+        async def get_response(self, *args: Any, **kwargs: Any) -> Any:
+            return await super().get_response(*args, **kwargs)
+
+        async def stream_response(self, *args: Any, **kwargs: Any) -> Any:
+            async for event in super().stream_response(*args, **kwargs):
+                yield event
+
+    def agent() -> Agent:
+        return Agent(name="solo", model=Logged([[assistant_message("hi")]]))
+
+    at.instrument_openai_agents().uninstrument()  # Logged is picked up by the next run too
+    async with at.session("oa-nested"):
+        assert (await Runner.run(agent(), "x")).final_output == "hi"
+        streamed = Runner.run_streamed(agent(), "x")
+        async for _ in streamed.stream_events():
+            pass
+    types = [e.event_type for e in await events_of("oa-nested")]
+    assert types.count("llm_started") == 2 and types.count("llm_responded") == 2
