@@ -13,7 +13,9 @@ an ``Agent`` (or of the given one), handed over through ``Agent.iter``'s own
   ``args``: the messages without timestamps and per-run ids, the settings,
   the tool names) and ``llm_responded`` (the ``ModelResponse`` as JSON,
   ``usage`` with cache and reasoning tokens, ``response_model``,
-  ``finish_reasons``; ``stream: true`` for ``run_stream``);
+  ``finish_reasons``; ``stream: true`` and ``time_to_first_chunk_ms`` when
+  streamed, the first event's time noted by a ``WrapperModel`` handed over
+  through the ``get_wrapper_model`` hook);
 - ``wrap_tool_execute``: each tool call as ``tool_started``/``tool_executed``
   with the tool's own validated arguments (never ``RunContext`` or deps).
 
@@ -29,13 +31,17 @@ the hooks only pass the call on.
 from __future__ import annotations
 
 import threading
+import time
 import weakref
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import wrapt
 from pydantic_ai import Agent, ModelRetry
 from pydantic_ai.capabilities import AbstractCapability
 from pydantic_ai.messages import ModelMessagesTypeAdapter, ModelResponse
+from pydantic_ai.models.wrapper import WrapperModel
 
 from agent_trace.decorators import LLM, TOOL, _Call, start_call
 from agent_trace.integrations._agents import AgentRun, Instrumentation, restore, run_call
@@ -56,6 +62,8 @@ _everywhere = 0  # handles instrumenting every agent
 # Keyed by id because an Agent is not hashable.
 _agents: dict[int, tuple[weakref.ref[Any], int]] = {}
 _hook: Any = None  # the wrapper installed on Agent.iter, while any handle wants it
+# run id -> where a streamed model request wants its first event's time (see _TimedModel).
+_first_event: dict[str, list[float]] = {}
 
 
 def instrument(agent: Any = None) -> Instrumentation:
@@ -138,13 +146,36 @@ class RecordedRun(AbstractCapability[Any]):
         call = start_call(LLM, MODEL_REQUEST, args, fields)
         if call is None:
             return await handler(request_context)
-        stream: dict[str, Any] = {"stream": True} if request_context.streaming else {}
-        return await run_call(
-            call,
-            lambda: handler(request_context),
-            _served_response,
-            lambda response: (_response_json(response), {**_response_fields(response), **stream}),
-        )
+        if not request_context.streaming:
+            return await run_call(
+                call,
+                lambda: handler(request_context),
+                _served_response,
+                lambda response: (_response_json(response), _response_fields(response)),
+            )
+        # The first event's time, noted by the stream the wrapper model hands out. The
+        # stream is opened in another task: the run id says which request it serves
+        # (a run makes one model request at a time).
+        first: list[float] = []
+        run_id = getattr(ctx, "run_id", None)
+        if run_id is not None:
+            _first_event[run_id] = first
+        try:
+            return await run_call(
+                call,
+                lambda: handler(request_context),
+                _served_response,
+                lambda response: (
+                    _response_json(response),
+                    {**_response_fields(response), **_stream_fields(call, first)},
+                ),
+            )
+        finally:
+            if run_id is not None:
+                _first_event.pop(run_id, None)
+
+    def get_wrapper_model(self, model: Any) -> Any:
+        return _TimedModel(model)
 
     async def wrap_tool_execute(
         self, ctx: Any, *, call: Any, tool_def: Any, args: Any, handler: Any
@@ -153,6 +184,39 @@ class RecordedRun(AbstractCapability[Any]):
         if recorded is None:
             return await handler(args)
         return await run_call(recorded, lambda: handler(args), _served_tool_result)
+
+
+def _stream_fields(call: _Call, first: list[float]) -> dict[str, Any]:
+    ttfc = (first[0] - call.t0) * 1000 if first and call.mock is None else None
+    return {"stream": True, "time_to_first_chunk_ms": ttfc}
+
+
+class _TimedModel(WrapperModel):
+    """The model as it is, except that a stream notes when its first event arrives."""
+
+    @asynccontextmanager
+    async def request_stream(self, *args: Any, **kwargs: Any) -> AsyncIterator[Any]:
+        run_context = args[3] if len(args) > 3 else kwargs.get("run_context")
+        first = _first_event.get(getattr(run_context, "run_id", None) or "")
+        async with super().request_stream(*args, **kwargs) as response:
+            yield response if first is None else _FirstEvent(response, first)
+
+
+class _FirstEvent(wrapt.ObjectProxy):  # type: ignore[misc]
+    """A ``StreamedResponse`` whose iteration notes the first event's time in ``first``."""
+
+    def __init__(self, response: Any, first: list[float]) -> None:
+        super().__init__(response)
+        self._self_first = first
+
+    def __aiter__(self) -> AsyncIterator[Any]:
+        return self._self_events(self.__wrapped__.__aiter__())
+
+    async def _self_events(self, events: AsyncIterator[Any]) -> AsyncIterator[Any]:
+        async for event in events:
+            if not self._self_first:
+                self._self_first.append(time.perf_counter())
+            yield event
 
 
 def _served_response(call: _Call) -> ModelResponse:
