@@ -62,8 +62,8 @@ _everywhere = 0  # handles instrumenting every agent
 # Keyed by id because an Agent is not hashable.
 _agents: dict[int, tuple[weakref.ref[Any], int]] = {}
 _hook: Any = None  # the wrapper installed on Agent.iter, while any handle wants it
-# run id -> where a streamed model request wants its first event's time (see _TimedModel).
-_first_event: dict[str, list[float]] = {}
+# run id -> what the stream of its model request in flight showed (see _TimedModel).
+_streams: dict[str, _StreamSeen] = {}
 
 
 def instrument(agent: Any = None) -> Instrumentation:
@@ -156,10 +156,10 @@ class RecordedRun(AbstractCapability[Any]):
         # The first event's time, noted by the stream the wrapper model hands out. The
         # stream is opened in another task: the run id says which request it serves
         # (a run makes one model request at a time).
-        first: list[float] = []
+        seen = _StreamSeen()
         run_id = getattr(ctx, "run_id", None)
         if run_id is not None:
-            _first_event[run_id] = first
+            _streams[run_id] = seen
         try:
             return await run_call(
                 call,
@@ -167,12 +167,12 @@ class RecordedRun(AbstractCapability[Any]):
                 _served_response,
                 lambda response: (
                     _response_json(response),
-                    {**_response_fields(response), **_stream_fields(call, first)},
+                    {**_response_fields(response), **_stream_fields(call, seen)},
                 ),
             )
         finally:
             if run_id is not None:
-                _first_event.pop(run_id, None)
+                _streams.pop(run_id, None)
 
     def get_wrapper_model(self, model: Any) -> Any:
         return _TimedModel(model)
@@ -186,9 +186,21 @@ class RecordedRun(AbstractCapability[Any]):
         return await run_call(recorded, lambda: handler(args), _served_tool_result)
 
 
-def _stream_fields(call: _Call, first: list[float]) -> dict[str, Any]:
-    ttfc = (first[0] - call.t0) * 1000 if first and call.mock is None else None
-    return {"stream": True, "time_to_first_chunk_ms": ttfc}
+class _StreamSeen:
+    """What a streamed request's events showed: when the first came, how many came."""
+
+    __slots__ = ("chunks", "first")
+
+    def __init__(self) -> None:
+        self.first: float | None = None
+        self.chunks = 0
+
+
+def _stream_fields(call: _Call, seen: _StreamSeen) -> dict[str, Any]:
+    if call.mock is not None or seen.first is None:  # served from a recording: no stream ran
+        return {"stream": True, "time_to_first_chunk_ms": None}
+    ttfc = (seen.first - call.t0) * 1000
+    return {"stream": True, "chunks": seen.chunks, "time_to_first_chunk_ms": ttfc}
 
 
 class _TimedModel(WrapperModel):
@@ -197,25 +209,27 @@ class _TimedModel(WrapperModel):
     @asynccontextmanager
     async def request_stream(self, *args: Any, **kwargs: Any) -> AsyncIterator[Any]:
         run_context = args[3] if len(args) > 3 else kwargs.get("run_context")
-        first = _first_event.get(getattr(run_context, "run_id", None) or "")
+        seen = _streams.get(getattr(run_context, "run_id", None) or "")
         async with super().request_stream(*args, **kwargs) as response:
-            yield response if first is None else _FirstEvent(response, first)
+            yield response if seen is None else _SeenStream(response, seen)
 
 
-class _FirstEvent(wrapt.ObjectProxy):  # type: ignore[misc]
-    """A ``StreamedResponse`` whose iteration notes the first event's time in ``first``."""
+class _SeenStream(wrapt.ObjectProxy):  # type: ignore[type-arg,misc,unused-ignore]
+    """A ``StreamedResponse`` (the SDK's own object to pydantic-ai) whose events are counted."""
 
-    def __init__(self, response: Any, first: list[float]) -> None:
+    def __init__(self, response: Any, seen: _StreamSeen) -> None:
         super().__init__(response)
-        self._self_first = first
+        self._self_seen = seen
 
     def __aiter__(self) -> AsyncIterator[Any]:
         return self._self_events(self.__wrapped__.__aiter__())
 
     async def _self_events(self, events: AsyncIterator[Any]) -> AsyncIterator[Any]:
+        seen = self._self_seen
         async for event in events:
-            if not self._self_first:
-                self._self_first.append(time.perf_counter())
+            if seen.first is None:
+                seen.first = time.perf_counter()
+            seen.chunks += 1
             yield event
 
 

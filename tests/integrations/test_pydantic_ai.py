@@ -136,6 +136,7 @@ async def test_run_stream_is_recorded_and_replays_as_a_stream(instrumented) -> N
     assert [r["stream"] for r in responded] == [True, True]
     for r in responded:  # time to the first streamed event, within the request's duration
         assert 0 < r["time_to_first_chunk_ms"] <= r["duration_ms"]
+        assert r["chunks"] >= 1
     assert responded[1]["response"]["parts"][0]["content"] == "It is 21.5 C in Paris."
     assert responded[1]["usage"]["output_tokens"] > 0
     assert [e.event_type for e in events][-2] == "agent_finished"
