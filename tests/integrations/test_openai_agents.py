@@ -303,3 +303,32 @@ async def test_a_model_calling_another_is_recorded_once(instrumented) -> None:
             pass
     types = [e.event_type for e in await events_of("oa-nested")]
     assert types.count("llm_started") == 2 and types.count("llm_responded") == 2
+
+
+async def test_otel_export_nests_calls_under_their_agent_run(instrumented) -> None:
+    from agent_trace.otel import build_spans
+
+    async with at.session("oa-otel"):
+        await Runner.run(triage(), "Weather in Paris?")
+    spans = build_spans(await events_of("oa-otel"))
+    by_id = {s.span_id: s for s in spans}
+    agents_ = {
+        s.attributes.get("gen_ai.agent.name"): s
+        for s in spans
+        if s.name.startswith("invoke_agent ")
+    }
+    assert set(agents_) == {"triage", "weather_agent"}
+    calls = [s for s in spans if s.name.startswith(("chat ", "execute_tool "))]
+    assert len(calls) == 4
+    for span in calls:  # every call's parent is an exported agent span
+        assert by_id[span.parent_span_id].name.startswith("invoke_agent ")
+    handoff = agents_["triage"].events
+    assert [name for name, _, _ in handoff] == ["guardrail_checked", "agent_handoff"]
+
+    with pytest.raises(InputGuardrailTripwireTriggered):
+        async with at.session("oa-otel-fail"):
+            await Runner.run(triage(), "Buy stocks?")
+    spans = build_spans(await events_of("oa-otel-fail"))
+    (triage_span,) = [s for s in spans if s.name == "invoke_agent triage"]
+    assert triage_span.failed
+    assert triage_span.attributes["error.type"] == "GuardrailTripwireTriggered"
