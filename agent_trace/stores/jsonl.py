@@ -6,7 +6,8 @@ order. Several processes may append: each append holds an exclusive
 ``flock`` on ``events.lock``, first reads whatever other processes added
 since it last looked (from the byte offset it had reached), then writes its
 lines and fsyncs before unlocking. Readers hold a shared lock, so they never
-see a batch before it is durable.
+see a batch before it is durable. Threads of one process appending at the
+same time share that work: one write and one fsync per group of batches.
 
 A final line without its newline is a write torn by a crash; it was never
 acknowledged, so readers ignore it and the next append truncates it. A crash
@@ -65,6 +66,9 @@ class JSONLStore:
         self.directory = os.path.abspath(os.fspath(directory))
         self.path = os.path.join(self.directory, EVENTS_FILE)
         self._lock = threading.Lock()  # this process's threads; flock covers processes
+        # Batches waiting for the next group commit (see _append).
+        self._queue_lock = threading.Lock()
+        self._queue: list[_Append] = []
         self._fd: int | None = None
         self._lock_fd: int | None = None
         self._index = EventIndex()
@@ -184,11 +188,60 @@ class JSONLStore:
     # --- blocking work (worker thread) -----------------------------------------
 
     def _append(self, items: list[Captured]) -> int:
-        with self._lock, self._locked(exclusive=True) as fd:
+        """Append one caller's batch, committed with whatever other threads queued meanwhile.
+
+        Group commit: each batch joins a queue; the thread that next holds the
+        store's lock writes every queued batch with one ``write`` and one
+        ``fsync`` and tells each caller its count. So N threads appending at
+        once cost one fsync, not N, and no call returns before its events are
+        durable.
+        """
+        request = _Append(items)
+        with self._queue_lock:
+            self._queue.append(request)
+        with self._lock:
+            if not request.done:
+                with self._queue_lock:
+                    group, self._queue = self._queue, []
+                self._commit_group(group)
+        if request.error is not None:
+            raise request.error
+        return request.count
+
+    def _commit_group(self, group: list[_Append]) -> None:
+        """Commit ``group`` (under ``self._lock``); each request gets its count or error."""
+        try:
+            if len(group) == 1:
+                group[0].count = self._commit(group[0].items)
+            else:
+                try:
+                    counts = self._commit([item for r in group for item in r.items], group)
+                except Exception as exc:
+                    if isinstance(exc, OSError):
+                        raise
+                    # A batch the store refuses must not fail the others: alone, each
+                    # gets its own outcome.
+                    for r in group:
+                        self._commit_group([r])
+                    return
+                for r, count in zip(group, counts, strict=True):
+                    r.count = count
+        except BaseException as exc:
+            for r in group:
+                r.error = exc
+        finally:
+            for r in group:
+                r.done = True
+
+    def _commit(self, items: list[Captured], group: list[_Append] | None = None) -> Any:
+        """Write ``items`` durably: their new count, or with ``group`` each request's."""
+        with self._locked(exclusive=True) as fd:
             self._catch_up(fd, repair=True)
             rows = self._index.seal(items)
+            if group is not None:
+                counts = _counts(group, {row[0] for row in rows})
             if not rows:
-                return 0
+                return 0 if group is None else counts
             lines = [_line(row) for row in rows]
             start = self._end
             try:
@@ -205,7 +258,7 @@ class JSONLStore:
                 self._offsets.append(offset)
                 offset += len(line)
             self._end = offset
-        return len(rows)
+        return len(rows) if group is None else counts
 
     def _get_events(
         self, session_id: str, after_version: int, types: frozenset[str] | None, raw: bool = False
@@ -321,6 +374,33 @@ class JSONLStore:
             offsets.append(offset)
             offset += len(line) + 1
             self._end = offset
+
+
+class _Append:
+    """One caller's batch in a group commit, and what came of it."""
+
+    __slots__ = ("count", "done", "error", "items")
+
+    def __init__(self, items: list[Captured]) -> None:
+        self.items = items
+        self.done = False
+        self.count = 0
+        self.error: BaseException | None = None
+
+
+def _counts(group: list[_Append], new_ids: set[str]) -> list[int]:
+    """How many of the new events each request brought (an id counts once, first come)."""
+    claimed: set[str] = set()
+    counts = []
+    for r in group:
+        n = 0
+        for item in r.items:
+            eid = item[0]
+            if eid in new_ids and eid not in claimed:
+                claimed.add(eid)
+                n += 1
+        counts.append(n)
+    return counts
 
 
 def _line(row: tuple[Any, ...]) -> bytes:

@@ -96,3 +96,76 @@ async def test_directory_that_is_a_file_is_a_clear_error(tmp_path: Path) -> None
     with pytest.raises((ValueError, PermissionError, ConnectionError), match=str(target)):
         await store.append([make_event("s")])
     await store.close()
+
+
+# --- group commit: threads appending at once share one write and one fsync ----------
+
+
+def _slow_fsyncs(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Count fsyncs of the process, each made slow enough (20 ms) for appends to queue."""
+    import os
+    import time
+
+    calls: list[int] = []
+    real = os.fsync
+
+    def fsync(fd: int) -> None:
+        calls.append(fd)
+        time.sleep(0.02)
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    return calls
+
+
+async def test_concurrent_appends_share_fsyncs_and_each_gets_its_count(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import asyncio
+
+    store = JSONLStore(tmp_path)
+    await store.list_sessions()  # open (and create the file) before counting
+    fsyncs = _slow_fsyncs(monkeypatch)
+    shared = make_event("shared")  # appended by every caller: stored (and counted) once
+    batches = [[make_event(f"s{i % 3}"), make_event(f"s{i % 3}"), shared] for i in range(16)]
+    counts = await asyncio.gather(*(store.append(b) for b in batches))
+    assert sum(counts) == 33 and sorted(set(counts)) == [2, 3]
+    assert counts.count(3) == 1  # one caller brought the shared event
+    assert len(fsyncs) < 16, f"{len(fsyncs)} fsyncs for 16 concurrent appends"
+    await store.close()
+
+    reopened = JSONLStore(tmp_path)
+    try:
+        events = await reopened.read_all()
+        assert len(events) == 33
+        ids = {e.event_id for b in batches for e in b}
+        assert {e.event_id for e in events} == ids
+        for sid in ("s0", "s1", "s2", "shared"):
+            assert_chain(await reopened.get_events(sid))
+    finally:
+        await reopened.close()
+
+
+async def test_a_refused_batch_does_not_fail_the_others_in_its_group(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import asyncio
+
+    store = JSONLStore(tmp_path)
+    await store.list_sessions()
+    _slow_fsyncs(monkeypatch)
+    good = [[make_event("ok")] for _ in range(6)]
+    bad = make_event("bad")
+    # A captured tuple the store cannot seal (its payload is not bytes).
+    broken = (bad.event_id, "bad", "tool_executed", bad.timestamp, {"x": 1}, None, None, 1)
+    results = await asyncio.gather(
+        *(store.append(b) for b in good[:3]),
+        store.append_captured([broken]),
+        *(store.append(b) for b in good[3:]),
+        return_exceptions=True,
+    )
+    assert [r for r in results if isinstance(r, Exception)] != []
+    assert results[:3] == [1, 1, 1] and results[4:] == [1, 1, 1]
+    assert isinstance(results[3], Exception)
+    assert len(await store.read_all()) == 6
+    await store.close()
