@@ -597,3 +597,40 @@ def test_without_the_sdk_the_error_names_the_extra(tmp_path):
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path)
     assert "pip install 'agent-trace[openai]'" in out.stdout, out.stderr
+
+
+def test_stream_helpers_record_the_create_call_they_make(instrumented):
+    client = openai_client(FakeServer())
+    with at.session("helpers"):
+        with client.chat.completions.stream(model="gpt-4o", messages=USER) as stream:
+            final = stream.get_final_completion()
+        with client.responses.stream(model="gpt-4.1", input="hi") as rstream:
+            response = rstream.get_final_response()
+    assert final.choices[0].message.content == "Paris is the capital"
+    assert response.output_text == "Streamed hello"
+    responded = of_type(events_of("helpers"), "llm_responded")
+    assert [r.payload["name"] for r in responded] == [
+        "openai.chat.completions.create",
+        "openai.responses.create",
+    ]
+    assert all(r.payload["status"] == "complete" for r in responded)
+
+
+def test_stream_helpers_work_under_replay(instrumented):
+    server = FakeServer()
+    client = openai_client(server)
+    with at.session("helpers-replay"):
+        with client.chat.completions.stream(model="gpt-4o", messages=USER) as stream:
+            stream.until_done()
+        with client.responses.stream(model="gpt-4.1", input="hi") as rstream:
+            rstream.until_done()
+    sent = len(server.requests)
+    with replay("helpers-replay", mock=("llm",)):
+        with client.chat.completions.stream(model="gpt-4o", messages=USER) as stream:
+            final = stream.get_final_completion()
+        with client.responses.stream(model="gpt-4.1", input="hi") as rstream:
+            text = "".join(e.delta for e in rstream if e.type == "response.output_text.delta")
+            response = rstream.get_final_response()
+    assert len(server.requests) == sent
+    assert final.choices[0].message.content == "Paris is the capital"
+    assert text == "Streamed hello" and response.output_text == "Streamed hello"
