@@ -457,11 +457,13 @@ ORDER BY g.started_at DESC, g.first_position DESC
         deadline = loop.time() + self.reconnect_timeout
         delay = 0.02
         while True:
-            pool = await self._pool(worker)
             try:
+                # Setting up a new pool (migrations) may lose its connection too;
+                # an unreachable server is not retried (a ConnectionError at once).
+                pool = await self._pool(worker)
                 return await op(pool, *args)
             except Exception as exc:
-                if not _connection_lost(exc):
+                if not _connection_lost(exc) or isinstance(exc, _Unreachable):
                     raise
                 if loop.time() + delay > deadline:
                     raise ConnectionError(
@@ -487,7 +489,7 @@ ORDER BY g.started_at DESC, g.first_position DESC
         except Exception as exc:
             unreachable = (OSError, asyncio.TimeoutError, asyncpg.PostgresError)
             if isinstance(exc, (*unreachable, asyncpg.InterfaceError)):
-                raise ConnectionError(
+                raise _Unreachable(
                     f"cannot connect to PostgreSQL store {self.url!r}: {type(exc).__name__}: {exc}"
                 ) from exc
             raise
@@ -682,6 +684,10 @@ async def _connection(pool: asyncpg.Pool) -> AsyncIterator[asyncpg.Connection]:
                 with contextlib.suppress(asyncpg.InterfaceError):
                     conn.terminate()
             raise
+
+
+class _Unreachable(ConnectionError):
+    """The server could not be reached to open a pool (not a connection lost mid-use)."""
 
 
 def _connection_lost(exc: BaseException) -> bool:
