@@ -790,8 +790,8 @@ class ProjectionRunner(Generic[S]):
     (redone from the saved checkpoint); a second runner with the same name
     that saves first makes this one raise ``ProjectionConflict``.
 
-    A ``KeyedProjection`` on a store with ``save_projection_entries``
-    (memory, SQLite, PostgreSQL) saves only the entries the page touched, so
+    A ``KeyedProjection`` on a store with ``save_projection_entries`` (every
+    bundled store) saves only the entries the page touched, so
     a page costs the same whatever the view's size: the run is linear in
     events. Any other view (or store) saves its whole state per page.
     """

@@ -522,9 +522,10 @@ class ProjectionEntriesStore(ProjectionStore, Protocol):
       (:func:`entries_json`), and ``save_projection`` replaces it whole again
       (its entries are dropped in the same transaction).
 
-    Memory, SQLite and PostgreSQL stores implement it (a table
-    ``projection_entries(name, key, value)`` beside ``projections``); a
-    runner on a store without it saves the whole state.
+    Every bundled store implements it: SQLite and PostgreSQL with a table
+    ``projection_entries(name, key, value)`` beside ``projections``, JSONL
+    with a log of changes beside each view's snapshot, folded into it when it
+    outgrows it. A runner on a store without it saves the whole state.
     """
 
     async def save_projection_entries(

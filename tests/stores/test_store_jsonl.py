@@ -169,3 +169,72 @@ async def test_a_refused_batch_does_not_fail_the_others_in_its_group(
     assert isinstance(results[3], Exception)
     assert len(await store.read_all()) == 6
     await store.close()
+
+
+# --- views saved entry by entry: the snapshot and its log ----------------------------
+
+
+async def _view(store: JSONLStore, name: str = "v") -> tuple[object, int]:
+    state_json, checkpoint = await store.load_projection(name)
+    return (None if state_json is None else orjson.loads(state_json)), checkpoint
+
+
+async def test_a_torn_log_line_is_ignored_then_cut(tmp_path: Path) -> None:
+    store = JSONLStore(tmp_path)
+    await store.save_projection_entries("v", {"a": "1"}, 1, 0)
+    await store.save_projection_entries("v", {"b": "2"}, 2, 1)
+    log = tmp_path / "projections" / "v.log"
+    with log.open("ab") as f:
+        f.write(b'{"gen":"00","checkpoint":3,"set":{"a":')  # a save that died mid-write
+    assert await _view(store) == ({"a": 1, "b": 2}, 2)
+    await store.save_projection_entries("v", {"a": None}, 3, 2)
+    assert log.read_bytes().endswith(b"\n") and log.read_bytes().count(b"\n") == 3
+    assert await _view(store) == ({"b": 2}, 3)
+
+
+async def test_log_lines_of_an_older_snapshot_are_ignored(tmp_path: Path) -> None:
+    """A crash between writing a new snapshot and emptying the log leaves old lines."""
+    store = JSONLStore(tmp_path)
+    await store.save_projection_entries("v", {"a": "1", "b": "1"}, 5, 0)
+    log = tmp_path / "projections" / "v.log"
+    left_over = log.read_bytes()
+    await store.save_projection("v", '{"z":0}', 6, 5)  # a new generation, log emptied
+    log.write_bytes(left_over)
+    assert await _view(store) == ({"z": 0}, 6)
+    with pytest.raises(StoreError, match="expected checkpoint 5, found 6"):
+        await store.save_projection_entries("v", {"c": "3"}, 7, 5)
+    await store.save_projection_entries("v", {"c": "3"}, 7, 6)
+    assert await _view(store) == ({"z": 0, "c": 3}, 7)
+
+
+async def test_the_log_is_folded_into_the_snapshot_once_it_outgrows_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from agent_trace.stores import jsonl
+
+    monkeypatch.setattr(jsonl, "_COMPACT_AT", 0)
+    store = JSONLStore(tmp_path)
+    expected: dict[str, int] = {}
+    for i in range(1, 200):
+        key = f"k{i % 17}"
+        expected[key] = i
+        await store.save_projection_entries("v", {key: str(i)}, i, i - 1)
+        snapshot = (tmp_path / "projections" / "v.json").stat().st_size
+        assert (tmp_path / "projections" / "v.log").stat().st_size <= snapshot + 64
+    assert await _view(store) == (expected, 199)
+    reopened = JSONLStore(tmp_path)
+    assert await _view(reopened) == (expected, 199)
+
+
+async def test_a_view_saved_by_an_earlier_release_goes_on_entry_by_entry(tmp_path: Path) -> None:
+    folder = tmp_path / "projections"
+    folder.mkdir()
+    (folder / "v.json").write_bytes(b'{"checkpoint":4,"state":{"a":{"n":1}}}\n')  # no "gen"
+    store = JSONLStore(tmp_path)
+    assert await _view(store) == ({"a": {"n": 1}}, 4)
+    await store.save_projection_entries("v", {"b": '{"n":2}'}, 5, 4)
+    assert await _view(store) == ({"a": {"n": 1}, "b": {"n": 2}}, 5)
+    (folder / "w.json").write_bytes(b'{"checkpoint":2,"state":[1,2]}\n')
+    with pytest.raises(StoreError, match="'w' was saved whole as a JSON list"):
+        await store.save_projection_entries("w", {"a": "1"}, 3, 2)
+    assert await _view(store, "w") == ([1, 2], 2)
