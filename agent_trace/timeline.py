@@ -27,6 +27,7 @@ __all__ = ["render_html", "timeline_data"]
 
 _DATA_MARKER = "/*__AGENT_TRACE_DATA__*/null"
 _TITLE_MARKER = "__AGENT_TRACE_TITLE__"
+_NAV_MARKER = "<!--__AGENT_TRACE_NAV__-->"
 
 
 def timeline_data(events: Iterable[AgentEvent]) -> dict[str, Any]:
@@ -67,15 +68,25 @@ def timeline_data(events: Iterable[AgentEvent]) -> dict[str, Any]:
     }
 
 
-def render_html(events: Iterable[AgentEvent], title: str | None = None) -> str:
-    """The whole page as one string; no external resources."""
+def render_html(
+    events: Iterable[AgentEvent], title: str | None = None, *, nav_html: str = ""
+) -> str:
+    """The whole page as one string; no external resources.
+
+    ``nav_html``: trusted markup put above the header (``agent-trace ui`` puts
+    its links there); links only, the page's policy allows no other loads.
+    """
     data = timeline_data(events)
     template = resources.files("agent_trace").joinpath("timeline.html").read_text("utf-8")
     # "<" never occurs in JSON outside strings, so escaping it keeps "</script>"
     # (and "<!--") inside a payload from ending the script element early.
     payload = orjson.dumps(data).decode().replace("<", "\\u003c")
     page_title = title or f"agent_trace · {data['session_id']}"
-    return template.replace(_TITLE_MARKER, _escape(page_title)).replace(_DATA_MARKER, payload)
+    return (
+        template.replace(_TITLE_MARKER, _escape(page_title))
+        .replace(_NAV_MARKER, nav_html)
+        .replace(_DATA_MARKER, payload)
+    )
 
 
 def _span(
