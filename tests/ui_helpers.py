@@ -9,6 +9,7 @@ knows exactly where two runs diverge.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import json
 import re
 import signal
@@ -200,5 +201,7 @@ def write_session(
         finally:
             await store.close()
 
-    asyncio.run(append())
+    # In a thread of its own: the caller may be inside an event loop (Playwright's sync API).
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        pool.submit(asyncio.run, append()).result()
     return events

@@ -339,7 +339,7 @@ def _card(label: str, session_id: str, row: SessionRow | None) -> str:
         f'<a href="{_e(session_url(session_id))}">{_e(session_id)}</a></h2>'
         f'<p><span class="status st-{_e(row.status)}">{_e(row.status)}</span> · '
         f"{ms(row.duration_ms)} · {num(row.events)} events · {num(s['total_tokens'])} tokens · "
-        f"{usd(row.cost)} · {num(row.failures)} failures</p></div>"
+        f"cost {usd(row.cost)} · {num(row.failures)} failures</p></div>"
     )
 
 

@@ -15,6 +15,19 @@
     }
   });
 
+  // Searches leave empty fields out of the URL: "/?q=heat" rather than "/?q=heat&tool=&...".
+  document.addEventListener("submit", function (e) {
+    var form = e.target;
+    if (!form.matches("form.search")) { return; }
+    Array.prototype.forEach.call(form.elements, function (field) {
+      if (field.name && field.value === "") { field.disabled = true; }
+    });
+    // Re-enable after the navigation starts, so going back shows the fields usable.
+    setTimeout(function () {
+      Array.prototype.forEach.call(form.elements, function (field) { field.disabled = false; });
+    }, 0);
+  });
+
   // --- sessions: pick two to compare ------------------------------------------------
   var picked = [];
   function syncPicker() {
