@@ -384,3 +384,24 @@ def test_index_folds_pages_once_and_in_order(store_path):
     with pytest.raises(ValueError, match="sort='x'"):
         Query.from_params({"sort": "x"})
     assert index.near("research-3")[0].startswith("research-")
+
+
+def test_benchmark_runs_quick(tmp_path):
+    """benchmarks/bench_ui.py --quick runs and prints its table (no numbers asserted)."""
+    import subprocess
+    import sys
+
+    from test_cli import REPO, env
+
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "bench_ui.py"), "--quick", "--samples", "3"],
+        cwd=tmp_path,
+        env=env(),
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert proc.returncode == 0, proc.stderr
+    for metric in ("index complete", "first page", "text search", "stats page", "session page"):
+        assert metric in proc.stdout, proc.stdout
+    assert list(tmp_path.iterdir()) == []

@@ -20,7 +20,7 @@ import difflib
 import logging
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -417,14 +417,19 @@ class SessionIndex:
     # --- queries ---------------------------------------------------------------
 
     def sessions(self, query: Query) -> tuple[int, list[SessionRow]]:
-        """``(total matching, the rows of the query's page)``."""
-        cached = self._results.get(query)
+        """``(total matching, the rows of the query's page)``.
+
+        The matching rows are kept (until the index moves) per search and
+        sort, so paging through one result costs a slice.
+        """
+        key = replace(query, page=1, per_page=PER_PAGE)
+        cached = self._results.get(key)
         if cached is None or cached[0] != self.position:
             matched = [r for r in self.rows.values() if _matches(r, query)]
             matched.sort(key=SORT_KEYS[query.sort], reverse=query.order == "desc")
             if len(self._results) > 64:
                 self._results.clear()
-            cached = self._results[query] = (self.position, matched)
+            cached = self._results[key] = (self.position, matched)
         matched = cached[1]
         start = (query.page - 1) * query.per_page
         return len(matched), matched[start : start + query.per_page]
