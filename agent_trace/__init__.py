@@ -17,6 +17,10 @@ event in a store::
 Importing this package imports only wrapt, orjson and aiosqlite.
 """
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
 from agent_trace._version import __version__
 from agent_trace.capture import CaptureOptions
 from agent_trace.config import Settings, configure
@@ -43,6 +47,24 @@ from agent_trace.spill import ingest, ingest_sync
 from agent_trace.stores import open_store
 from agent_trace.upcasting import register_upcaster
 
+if TYPE_CHECKING:
+    from agent_trace.integrations._sdk import Instrumentation
+
+
+def instrument_openai(client: Any = None) -> Instrumentation:
+    """Record every OpenAI SDK client's LLM calls (or ``client``'s only); extra ``openai``."""
+    from agent_trace.integrations.openai import instrument_openai as instrument
+
+    return instrument(client)
+
+
+def instrument_anthropic(client: Any = None) -> Instrumentation:
+    """Record every Anthropic SDK client's LLM calls (or ``client``'s only); extra ``anthropic``."""
+    from agent_trace.integrations.anthropic import instrument_anthropic as instrument
+
+    return instrument(client)
+
+
 __all__ = [
     "AgentEvent",
     "CaptureOptions",
@@ -62,6 +84,8 @@ __all__ = [
     "get_events_sync",
     "ingest",
     "ingest_sync",
+    "instrument_anthropic",
+    "instrument_openai",
     "list_sessions",
     "list_sessions_sync",
     "open_store",

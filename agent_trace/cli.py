@@ -283,6 +283,7 @@ async def cmd_sessions(args: argparse.Namespace, store: EventStore, out: Output)
                     "tools": sorted({c for c in calls if isinstance(c, str)}),
                     "llm_calls": summary.llm_calls,
                     "tokens": summary.total_tokens,
+                    "cost_usd": summary.cost_usd,
                     "failures": len(summary.errors),
                     "status": summary.status,
                     "metadata": info.metadata,
@@ -298,7 +299,17 @@ async def cmd_sessions(args: argparse.Namespace, store: EventStore, out: Output)
         return 0
     _table(
         out,
-        ["session", "started (UTC)", "duration", "events", "tools", "tokens", "failures", "status"],
+        [
+            "session",
+            "started (UTC)",
+            "duration",
+            "events",
+            "tools",
+            "tokens",
+            "cost",
+            "failures",
+            "status",
+        ],
         [
             [
                 r["session_id"],
@@ -307,6 +318,7 @@ async def cmd_sessions(args: argparse.Namespace, store: EventStore, out: Output)
                 _n(r["events"]),
                 _n(r["tool_calls"]),
                 _n(r["tokens"]),
+                _usd(r["cost_usd"]),
                 _n(r["failures"]),
                 r["status"],
             ]
@@ -314,6 +326,13 @@ async def cmd_sessions(args: argparse.Namespace, store: EventStore, out: Output)
         ],
     )
     return 0
+
+
+def _usd(cost: float | None) -> str:
+    """A cost for a table: ``$0.0123``; ``-`` when no call could be priced."""
+    if cost is None:
+        return "-"
+    return f"${cost:,.2f}" if cost >= 100 else f"${cost:.4f}"
 
 
 def _parse_since(text: str) -> datetime:
@@ -353,7 +372,7 @@ async def cmd_show(args: argparse.Namespace, store: EventStore, out: Output) -> 
         f"{s['events']} events  {s['llm_calls']} LLM calls  {s['tool_calls']} tool calls  "
         f"{s['decisions']} decisions  tokens {_n(s['total_tokens'])} "
         f"({_n(s['input_tokens'])} in / {_n(s['output_tokens'])} out)  "
-        f"{_plural(s['failures'], 'failure')}"
+        f"cost {_usd(s['cost_usd'])}  {_plural(s['failures'], 'failure')}"
     )
     total = max(data["duration_ms"], 1e-9)
     width = 32 if not out.rich or out.console.width >= 120 else 16
@@ -371,6 +390,8 @@ async def cmd_show(args: argparse.Namespace, store: EventStore, out: Output) -> 
             parts.append(sp["model"])
         if sp["tokens"] is not None:
             parts.append(f"{sp['tokens']} tok")
+        if sp.get("cost_usd") is not None:
+            parts.append(_usd(sp["cost_usd"]))
         return " ".join(parts)
 
     def failure(sp: dict[str, Any]) -> str:
@@ -510,6 +531,7 @@ async def cmd_summary(args: argparse.Namespace, store: EventStore, out: Output) 
         ["tokens", f"{_n(summary['total_tokens'])}"],
         ["input tokens", _n(summary["input_tokens"])],
         ["output tokens", _n(summary["output_tokens"])],
+        ["cost", _usd(summary["cost_usd"])],
         ["tools used", ", ".join(f"{t} x{n}" for t, n in tools.items()) or "-"],
         ["errors", _n(len(summary["errors"]))],
     ]
@@ -563,6 +585,10 @@ async def cmd_stats(args: argparse.Namespace, store: EventStore, out: Output) ->
                         "input_tokens": m.input_tokens,
                         "output_tokens": m.output_tokens,
                         "total_tokens": m.total_tokens,
+                        "cache_read_tokens": m.cache_read_tokens,
+                        "cache_write_tokens": m.cache_write_tokens,
+                        "reasoning_tokens": m.reasoning_tokens,
+                        "cost_usd": m.cost,
                     }
                     for name, m in models.items()
                 },
@@ -593,19 +619,20 @@ async def cmd_stats(args: argparse.Namespace, store: EventStore, out: Output) ->
     out.line()
     _table(
         out,
-        ["model", "calls", "failures", "input tokens", "output tokens", "total tokens"],
+        ["model", "calls", "failures", "input tokens", "cached", "output tokens", "cost"],
         [
             [
                 name,
                 _n(m.calls),
                 _n(m.failures),
                 _n(m.input_tokens),
+                _n(m.cache_read_tokens),
                 _n(m.output_tokens),
-                _n(m.total_tokens),
+                _usd(m.cost),
             ]
             for name, m in models.items()
         ],
-        title="tokens per model",
+        title="tokens and cost per model",
     )
     out.line()
     _table(

@@ -9,11 +9,12 @@ happens on first use, not at import, so a test or a script can set it late.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from typing import TYPE_CHECKING, Any, Literal
 
 from agent_trace.capture import DEFAULT_REDACT_KEYS, CaptureOptions
+from agent_trace.prices import parse_prices
 from agent_trace.spill import DEFAULT_SPILL_PATH
 
 if TYPE_CHECKING:
@@ -59,6 +60,9 @@ class Settings:
     #: and inserts them on another core. "auto" starts it once the writer
     #: falls a batch behind; "never" keeps all work in this process.
     writer_process: WriterProcessMode = "auto"
+    #: USD per million tokens by model, ``{"input": …, "output": …, "cache_read": …,
+    #: "cache_write": …}``: overrides or adds to genai-prices (see ``agent_trace.prices``).
+    prices: Mapping[str, Any] = field(default_factory=dict)
     capture: CaptureOptions = field(default_factory=CaptureOptions, compare=False)
 
     def __post_init__(self) -> None:
@@ -84,6 +88,7 @@ class Settings:
             if not callable(sink):
                 raise TypeError(f"each sink must be callable with a list of events, got {sink!r}")
         object.__setattr__(self, "sinks", sinks)
+        object.__setattr__(self, "prices", parse_prices(self.prices))
         keys = frozenset(k.lower() for k in self.redact_keys)
         object.__setattr__(self, "redact_keys", keys)
         object.__setattr__(

@@ -25,9 +25,20 @@ import wrapt
 from agent_trace.capture import CaptureOptions, capture
 from agent_trace.context import _replay, _session, _span, session
 from agent_trace.events import new_span_id
+from agent_trace.llm import response_fields, usage_of
 from agent_trace.recorder import Recorder, get_recorder
+from agent_trace.streams import record_sdk_stream
 
-__all__ = ["CallKind", "record_decision", "record_llm", "record_tool"]
+__all__ = [
+    "DECISION",
+    "LLM",
+    "TOOL",
+    "CallKind",
+    "record_decision",
+    "record_llm",
+    "record_tool",
+    "start_call",
+]
 
 F = TypeVar("F", bound=Callable[..., Any])
 _perf = time.perf_counter
@@ -79,7 +90,7 @@ class _Recorded:
 
     def __init__(
         self,
-        func: Callable[..., Any],
+        func: Callable[..., Any] | None,
         kind: CallKind,
         name: str | None,
         capture_args: bool,
@@ -90,16 +101,19 @@ class _Recorded:
     ) -> None:
         self.kind = kind
         self.name = name or getattr(func, "__name__", None) or repr(func)
+        if func is None:  # a call recorded by name (see start_call)
+            self.signature: inspect.Signature | None = None
+        else:
+            try:
+                self.signature = inspect.signature(func)
+            except (TypeError, ValueError):  # some builtins have no signature
+                self.signature = None
         self.capture_args = capture_args
         self.capture_result = capture_result
         self.opts_redact = frozenset(k.lower() for k in redact)
         self._options: tuple[CaptureOptions, CaptureOptions] | None = None
         self.model = model
         self.usage = usage
-        try:
-            self.signature: inspect.Signature | None = inspect.signature(func)
-        except (TypeError, ValueError):  # some builtins have no signature
-            self.signature = None
         params = list(self.signature.parameters.values()) if self.signature else []
         positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
         self.names = tuple(p.name for p in params if p.kind in positional)
@@ -186,7 +200,13 @@ class _Call:
         "t0",
     )
 
-    def __init__(self, recorded: _Recorded, session_id: str, args: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        recorded: _Recorded,
+        session_id: str,
+        args: dict[str, Any],
+        fields: dict[str, Any] | None = None,
+    ) -> None:
         self.recorded = recorded
         self.rec = rec = get_recorder()
         self.session_id = session_id
@@ -198,7 +218,9 @@ class _Call:
         # Most functions add no redact keys: skip the method call for them.
         self.opts = recorded.options(rec) if recorded.opts_redact else rec.capture_options
         common = recorded.kind.common
-        self.fields = common(recorded, args) if common is not None else None
+        if fields is None and common is not None:
+            fields = common(recorded, args)
+        self.fields = fields
         self.t0 = 0.0
         # Under replay, a recorded outcome stands in for the function body. The
         # replayer raises ReplayDivergence here, before anything runs.
@@ -263,9 +285,21 @@ class _Call:
             self.parent,
         )
 
-    def fail(self, exc: BaseException) -> int:
+    def fail(self, exc: BaseException, extra: dict[str, Any] | None = None) -> int:
         body = _failure(self.recorded, self.fields, exc, self.t0)
+        if extra:
+            body.update(extra)
         return self._emit(self.recorded.kind.failed, body)
+
+    def wait(self, n: int) -> None:
+        """With ``durability="immediate"``: block until event ``n`` is durable."""
+        if n and self.rec.immediate:
+            self.rec.wait_sync(n)
+
+    async def await_durable(self, n: int) -> None:
+        """The async form of ``wait``."""
+        if n and self.rec.immediate:
+            await self.rec.wait(n)
 
 
 def _started_keys(name_key: str, args: dict[str, Any]) -> tuple[str, ...] | None:
@@ -321,6 +355,10 @@ def _sync_wrapper(recorded: _Recorded) -> Callable[..., Any]:
                 call.rec.wait_sync(n)
             raise
         _span.reset(token)
+        if recorded.kind is LLM and call.mock is None:
+            stream = record_sdk_stream(call, result)
+            if stream is not None:  # recorded as it is consumed
+                return stream
         n = call.succeed(result if recorded.capture_result else None)
         if _immediate(call):
             call.rec.wait_sync(n)
@@ -401,6 +439,10 @@ def _async_wrapper(recorded: _Recorded) -> Callable[..., Any]:
                 await rec.wait(n)
             raise
         _span.reset(token)
+        if recorded.kind is LLM and call.mock is None:
+            stream = record_sdk_stream(call, result)
+            if stream is not None:  # recorded as it is consumed
+                return stream
         n = call.succeed(result if recorded.capture_result else None)
         if immediate:
             await rec.wait(n)
@@ -627,13 +669,13 @@ def _llm_outcome(recorded: _Recorded, args: dict[str, Any], result: Any) -> dict
             usage = recorded.usage(result)
         except Exception:  # a user's usage= callable must not break the agent
             usage = None
-    if usage is None:
-        items = result if isinstance(result, list) else [result]
-        for item in reversed(items):  # streams report usage on the last chunk
-            usage = extract_usage(item)
-            if usage:
-                break
-    return {"response": result, "usage": dict(usage or {})}
+    source = result
+    if isinstance(result, list):  # streamed chunks: usage comes on the last ones
+        source = next((item for item in reversed(result) if usage_of(item)), None)
+    fields = {"response": result, **response_fields(source)}
+    if usage is not None:
+        fields["usage"] = dict(usage)
+    return fields
 
 
 def _decision_outcome(recorded: _Recorded, args: dict[str, Any], result: Any) -> dict[str, Any]:
@@ -658,29 +700,44 @@ DECISION = CallKind(
 
 
 def extract_usage(response: Any) -> dict[str, int]:
-    """Token usage from an OpenAI, Anthropic or ``{"usage": {...}}`` shaped response."""
-    if isinstance(response, Mapping):
-        usage = response.get("usage")
-    else:
-        usage = getattr(response, "usage", None)
-    if usage is None:
-        return {}
+    """Token usage from an OpenAI, Anthropic or ``{"usage": {...}}`` shaped response.
 
-    def get(key: str) -> Any:
-        v = usage.get(key) if isinstance(usage, Mapping) else getattr(usage, key, None)
-        return v if isinstance(v, int) and not isinstance(v, bool) else None
+    ``input_tokens`` counts cached prompt tokens too; ``cache_read_tokens``,
+    ``cache_write_tokens`` and ``reasoning_tokens`` appear when reported
+    (see ``agent_trace.llm``).
+    """
+    return usage_of(response)
 
-    inp = get("input_tokens")
-    if inp is None:
-        inp = get("prompt_tokens")
-    out = get("output_tokens")
-    if out is None:
-        out = get("completion_tokens")
-    total = get("total_tokens")
-    if total is None and inp is not None and out is not None:
-        total = inp + out
-    found = {"input_tokens": inp, "output_tokens": out, "total_tokens": total}
-    return {k: v for k, v in found.items() if v is not None}
+
+# --- calls recorded by name (the SDK integrations) -------------------------------
+
+_named: dict[tuple[str, str, frozenset[str]], _Recorded] = {}
+
+
+def start_call(
+    kind: CallKind,
+    name: str,
+    args: dict[str, Any],
+    fields: dict[str, Any] | None = None,
+    *,
+    redact: Iterable[str] = (),
+) -> _Call | None:
+    """Begin a recorded call that no decorated function stands for; None outside a session.
+
+    For integrations that see a call through a framework's hook. ``fields`` go
+    into every event of the call (e.g. ``provider`` and ``model``). Under
+    replay the returned call's ``mock`` holds the recorded outcome to serve.
+    The caller emits the started event with ``start()`` and ends the call
+    with ``succeed``/``fail``; the call's span is ``call.span``.
+    """
+    sess = _session.get()
+    if sess is None:
+        return None
+    key = (kind.label, name, frozenset(redact))
+    recorded = _named.get(key)
+    if recorded is None:
+        recorded = _named[key] = _Recorded(None, kind, name, True, True, redact)
+    return _Call(recorded, sess.id, args, fields)
 
 
 # --- public decorators ---------------------------------------------------------

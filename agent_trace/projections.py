@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 import orjson
 
 from agent_trace.events import AgentEvent
+from agent_trace.prices import ModelPrices, llm_cost
 from agent_trace.stores.base import ProjectionConflict, ProjectionStore, check_projection_name
 
 if TYPE_CHECKING:
@@ -59,6 +60,7 @@ __all__ = [
     "build_session_summary",
     "build_span_tree",
     "fold",
+    "llm_cost",
     "rebuild",
     "rebuild_many",
     "session_summaries",
@@ -262,6 +264,8 @@ class SessionSummary:
     decisions: int = 0
     duration_ms: float | None = None
     status: str = "open"
+    #: USD, derived from current prices when read (None: no call could be priced).
+    cost_usd: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The summary as JSON-ready data."""
@@ -269,7 +273,7 @@ class SessionSummary:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> SessionSummary:
-        """Inverse of :meth:`to_dict`."""
+        """Inverse of :meth:`to_dict` (states saved before ``cost_usd`` existed load too)."""
         return cls(**d)
 
 
@@ -288,6 +292,7 @@ def _new_summary(session_id: str) -> dict[str, Any]:
         "decisions": 0,
         "duration_ms": None,
         "status": "open",
+        "cost_usd": None,
     }
 
 
@@ -347,6 +352,9 @@ def _apply_summary(s: dict[str, Any], ev: AgentEvent) -> None:
             s["input_tokens"] += inp
             s["output_tokens"] += out
             s["total_tokens"] += _int(total) if total is not None else inp + out
+        cost = llm_cost(ev)
+        if cost is not None:
+            s["cost_usd"] = (s.get("cost_usd") or 0.0) + cost
     elif kind == _TOOL:
         s["tools_used"].append(p.get("tool"))
     elif kind == _DECISION:
@@ -537,7 +545,7 @@ async def tool_stats(store: EventStore | str | None = None) -> dict[str, ToolSta
 
 @dataclass(frozen=True)
 class ModelUsage:
-    """One model's LLM calls and tokens; ``cost`` when prices were given."""
+    """One model's LLM calls and tokens; ``cost`` in USD (None: no call could be priced)."""
 
     model: str
     calls: int
@@ -546,17 +554,24 @@ class ModelUsage:
     output_tokens: int
     total_tokens: int
     cost: float | None
+    cache_read_tokens: int = 0
+    cache_write_tokens: int = 0
+    reasoning_tokens: int = 0
 
 
 class CostPerModel(Projection[dict[str, Any]]):
     """LLM calls, tokens and cost per model, from ``llm_responded``/``llm_failed``.
 
-    ``prices`` maps a model to ``(input, output)`` price per million tokens;
-    models without a price get ``cost`` None.
+    The model is the one that answered (``response_model``), else the one
+    requested. Cost comes from :func:`llm_cost` (``configure(prices=...)``,
+    then genai-prices); ``prices`` here maps a model to ``(input, output)``
+    USD per million tokens and takes precedence (kept for older callers).
     """
 
     def __init__(self, prices: dict[str, tuple[float, float]] | None = None) -> None:
-        self.prices = dict(prices or {})
+        self.prices = {
+            model: ModelPrices(float(p[0]), float(p[1])) for model, p in (prices or {}).items()
+        }
 
     def initial(self) -> dict[str, Any]:
         return {}
@@ -566,7 +581,9 @@ class CostPerModel(Projection[dict[str, Any]]):
         if t != "llm_responded" and t != "llm_failed":
             return state
         p = event.payload
-        model = p.get("model") if isinstance(p.get("model"), str) else "unknown"
+        model = p.get("response_model") or p.get("model")
+        if not isinstance(model, str):
+            model = "unknown"
         m = state.get(model)
         if m is None:
             m = state[model] = {
@@ -575,6 +592,10 @@ class CostPerModel(Projection[dict[str, Any]]):
                 "input_tokens": 0,
                 "output_tokens": 0,
                 "total_tokens": 0,
+                "cache_read_tokens": 0,
+                "cache_write_tokens": 0,
+                "reasoning_tokens": 0,
+                "cost": None,
             }
         m["calls"] += 1
         if t == "llm_failed":
@@ -587,19 +608,17 @@ class CostPerModel(Projection[dict[str, Any]]):
             m["input_tokens"] += inp
             m["output_tokens"] += out
             m["total_tokens"] += _int(total) if total is not None else inp + out
+            for key in ("cache_read_tokens", "cache_write_tokens", "reasoning_tokens"):
+                m[key] = m.get(key, 0) + _int(usage.get(key))
+            own = self.prices.get(model)
+            cost = own.cost(usage) if own is not None else llm_cost(event)
+            if cost is not None:
+                m["cost"] = (m.get("cost") or 0.0) + cost
         return state
 
     def usage(self, state: dict[str, Any]) -> dict[str, ModelUsage]:
-        """The state as ``ModelUsage`` per model, with cost from ``prices``."""
-        out = {}
-        for model in sorted(state):
-            m = state[model]
-            price = self.prices.get(model)
-            cost = None
-            if price is not None:
-                cost = (m["input_tokens"] * price[0] + m["output_tokens"] * price[1]) / 1e6
-            out[model] = ModelUsage(model=model, cost=cost, **m)
-        return out
+        """The state as ``ModelUsage`` per model."""
+        return {model: ModelUsage(model=model, **state[model]) for model in sorted(state)}
 
 
 # --- span tree -----------------------------------------------------------------

@@ -21,7 +21,7 @@ from typing import Any
 import orjson
 
 from agent_trace.events import AgentEvent
-from agent_trace.projections import SpanNode, build_session_summary, build_span_tree
+from agent_trace.projections import SpanNode, build_session_summary, build_span_tree, llm_cost
 
 __all__ = ["render_html", "timeline_data"]
 
@@ -104,14 +104,16 @@ def _span(
         start = 0.0
     if end is None:
         end = start + node.duration_ms if node.duration_ms is not None else t_end
-    model, tokens = None, None
+    model, tokens, cost = None, None, None
     for ev in events:
         p = ev.payload
         if ev.event_type.startswith("llm_"):
-            model = p.get("model") or model
+            model = p.get("response_model") or p.get("model") or model
             usage = p.get("usage")
             if isinstance(usage, dict) and usage.get("total_tokens") is not None:
                 tokens = usage["total_tokens"]
+            if ev.event_type == "llm_responded":
+                cost = llm_cost(ev)
     return {
         "span_id": node.span_id,
         "parent_span_id": node.parent_span_id,
@@ -126,6 +128,7 @@ def _span(
         "duration_ms": node.duration_ms,
         "model": model,
         "tokens": tokens,
+        "cost_usd": cost,
         "versions": [ev.version for ev in events],
     }
 

@@ -115,6 +115,7 @@ def test_sessions_table(store, events):
         "events",
         "tools",
         "tokens",
+        "cost",
         "failures",
         "status",
     ]
@@ -123,7 +124,7 @@ def test_sessions_table(store, events):
     r3 = rows["research-03"]
     assert r3[-1] == "ok"
     assert r3[-2] == "1"  # one failed fetch_page
-    assert r3[-5] == str(len(events["research-03"]))
+    assert r3[-6] == str(len(events["research-03"]))
     assert "\x1b[" not in out  # piped: plain text
 
 
@@ -244,7 +245,7 @@ def test_stats(store, events):
     )
     assert sum(data["sessions_per_day"].values()) == 8
     out = ok("--store", store, "stats")
-    assert "tokens per model" in out and "sessions per day" in out
+    assert "tokens and cost per model" in out and "sessions per day" in out
     assert "fetch_page" in out
 
 

@@ -101,7 +101,7 @@ def test_show_rich_tree_marks_failures_red(store):
 def test_stats_and_summary_rich(store):
     code, out = run_in_pty("--store", store, "stats")
     assert code == 0 and ANSI.search(out)
-    assert "tokens per model" in plain(out)
+    assert "tokens and cost per model" in plain(out)
     code, out = run_in_pty("--store", store, "summary", "research-03")
     assert code == 0 and "fetch_page x1" in plain(out)
 

@@ -1,0 +1,179 @@
+"""Record and replay the OpenAI SDK (``pip install 'agent-trace[openai]'``).
+
+``agent_trace.instrument_openai(client=None)``: chat completions (``create``,
+``parse``, streamed or not), the Responses API (``create``, ``parse``,
+streamed or not), embeddings, each also through ``with_raw_response``; sync
+and async clients (Azure ones included). See ``_sdk`` for how.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from agent_trace.integrations._sdk import SDK, Instrumentation, Target, instrument
+from agent_trace.integrations._text import pieces
+from agent_trace.llm import ChatStreamAssembler, ResponsesStreamAssembler
+from agent_trace.streams import Assembler
+
+try:
+    import openai
+except ImportError as exc:  # pragma: no cover - exercised without the extra
+    raise ImportError(
+        "agent_trace.instrument_openai() needs the OpenAI SDK: "
+        "pip install 'agent-trace[openai]'"
+    ) from exc
+
+__all__ = ["instrument_openai"]
+
+_CHAT = "openai.resources.chat.completions.completions"
+_RESPONSES = "openai.resources.responses.responses"
+_EMBEDDINGS = "openai.resources.embeddings"
+
+
+def _targets() -> tuple[Target, ...]:
+    out = []
+    for is_async, prefix in ((False, ""), (True, "Async")):
+        out += [
+            Target(_CHAT, f"{prefix}Completions", "create", "openai.chat.completions.create",
+                   ("chat", "completions"), is_async, "chat"),
+            Target(_CHAT, f"{prefix}Completions", "parse", "openai.chat.completions.parse",
+                   ("chat", "completions"), is_async, "chat"),
+            Target(_RESPONSES, f"{prefix}Responses", "create", "openai.responses.create",
+                   ("responses",), is_async, "responses"),
+            Target(_RESPONSES, f"{prefix}Responses", "parse", "openai.responses.parse",
+                   ("responses",), is_async, "responses"),
+            Target(_EMBEDDINGS, f"{prefix}Embeddings", "create", "openai.embeddings.create",
+                   ("embeddings",), is_async, "embeddings"),
+        ]  # fmt: skip
+    return tuple(out)
+
+
+class OpenAISDK(SDK):
+    provider = "openai"
+    targets = _targets()
+
+    def assembler(self, shape: str) -> Assembler:
+        return ResponsesStreamAssembler() if shape == "responses" else ChatStreamAssembler()
+
+    def http_module(self) -> Any:
+        import importlib
+
+        # The SDK's own HTTP package: httpx before openai 3, httpx2 since.
+        return importlib.import_module(openai.DefaultHttpxClient.__mro__[1].__module__)
+
+    def client_classes(self) -> tuple[type, ...]:
+        return (openai.OpenAI, openai.AsyncOpenAI)
+
+    def replay_client(self, is_async: bool, transport: Any) -> Any:
+        http = self.http_module()
+        cls = openai.AsyncOpenAI if is_async else openai.OpenAI
+        http_client = http.AsyncClient(transport=transport) if is_async else http.Client(
+            transport=transport
+        )
+        return cls(
+            api_key="agent-trace-replay",
+            base_url="http://agent-trace.replay/v1",
+            max_retries=0,
+            http_client=http_client,
+        )
+
+    def sse(self, shape: str, response: Any, chunks: int | None) -> bytes:
+        if not isinstance(response, dict):
+            response = {}
+        if shape == "responses":
+            events = _responses_events(response, chunks)
+            return b"".join(
+                b"event: " + e["type"].encode() + b"\ndata: " + orjson.dumps(e) + b"\n\n"
+                for e in events
+            )
+        out = [b"data: " + orjson.dumps(c) + b"\n\n" for c in _chat_chunks(response, chunks)]
+        out.append(b"data: [DONE]\n\n")
+        return b"".join(out)
+
+
+def _chat_chunks(response: dict[str, Any], chunks: int | None) -> list[dict[str, Any]]:
+    """``chat.completion.chunk`` dicts whose deltas join back into ``response``."""
+    head = {
+        "id": response.get("id") or "chatcmpl-replay",
+        "object": "chat.completion.chunk",
+        "created": response.get("created") or 0,
+        "model": response.get("model") or "",
+    }
+    for key in ("system_fingerprint", "service_tier"):
+        if response.get(key) is not None:
+            head[key] = response[key]
+    out: list[dict[str, Any]] = []
+
+    def chunk(index: int, delta: dict[str, Any], finish: Any = None) -> None:
+        choice = {"index": index, "delta": delta, "finish_reason": finish, "logprobs": None}
+        out.append({**head, "choices": [choice]})
+
+    choices = response.get("choices") or []
+    # Spread the recorded chunk count over the text: role, text pieces, the end, usage.
+    text_chunks = max(1, (chunks or 0) - 2 - (1 if response.get("usage") else 0))
+    for choice in choices:
+        index = choice.get("index") or 0
+        message = choice.get("message") or {}
+        chunk(index, {"role": message.get("role") or "assistant", "content": ""})
+        for key in ("content", "refusal"):
+            text = message.get(key)
+            if isinstance(text, str) and text:
+                for piece in pieces(text, text_chunks):
+                    chunk(index, {key: piece})
+        for i, call in enumerate(message.get("tool_calls") or []):
+            fn = call.get("function") or {}
+            delta = {
+                "index": i,
+                "id": call.get("id"),
+                "type": call.get("type") or "function",
+                "function": {"name": fn.get("name") or "", "arguments": fn.get("arguments") or ""},
+            }
+            chunk(index, {"tool_calls": [delta]})
+        chunk(index, {}, choice.get("finish_reason") or "stop")
+    if response.get("usage"):
+        out.append({**head, "choices": [], "usage": response["usage"]})
+    return out
+
+
+def _responses_events(response: dict[str, Any], chunks: int | None) -> list[dict[str, Any]]:
+    """Responses API stream events: created, the output text deltas, completed."""
+    started = {**response, "status": "in_progress", "output": [], "usage": None}
+    events: list[dict[str, Any]] = [{"type": "response.created", "response": started}]
+    texts: list[tuple[int, str, str]] = []
+    for i, item in enumerate(response.get("output") or []):
+        if not isinstance(item, dict) or item.get("type") != "message":
+            continue
+        for part in item.get("content") or []:
+            if isinstance(part, dict) and isinstance(part.get("text"), str):
+                texts.append((i, str(item.get("id") or ""), part["text"]))
+    per_text = max(1, ((chunks or 0) - 2) // max(1, len(texts)))
+    for output_index, item_id, text in texts:
+        for piece in pieces(text, per_text):
+            events.append(
+                {
+                    "type": "response.output_text.delta",
+                    "item_id": item_id,
+                    "output_index": output_index,
+                    "content_index": 0,
+                    "delta": piece,
+                    "logprobs": [],
+                }
+            )
+    status = response.get("status")
+    end = {"incomplete": "response.incomplete", "failed": "response.failed"}.get(
+        status if isinstance(status, str) else "", "response.completed"
+    )
+    events.append({"type": end, "response": response})
+    for n, event in enumerate(events):
+        event["sequence_number"] = n
+    return events
+
+
+_SDK = OpenAISDK()
+
+
+def instrument_openai(client: Any = None) -> Instrumentation:
+    """Record the OpenAI SDK's LLM calls, for every client or for ``client`` only."""
+    return instrument(_SDK, client)
