@@ -221,10 +221,7 @@ def create_app(
         events = await load(session_id)
         if not events:
             return not_found(session_id, api=True)
-        data = timeline_data(events)
-        row = index.rows.get(session_id)
-        data["summary"].setdefault("cost_usd", row.cost if row is not None else None)
-        return _JSON(data)
+        return _JSON(timeline_data(events))
 
     async def api_event(request: Request) -> Response:
         session_id = request.path_params["session_id"]

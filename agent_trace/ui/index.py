@@ -54,13 +54,18 @@ class SessionRow:
     tool_calls: int = 0
     tools: dict[str, None] = field(default_factory=dict)
     models: dict[str, None] = field(default_factory=dict)
-    cost: float | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
     text: str = ""
 
     @property
     def started_at(self) -> str:
         return self.summary["started_at"] or ""
+
+    @property
+    def cost(self) -> float | None:
+        """USD, derived from the prices known now; None when no call could be priced."""
+        cost = self.summary.get("cost_usd")
+        return cost if isinstance(cost, (int, float)) else None
 
     @property
     def failures(self) -> int:
@@ -76,7 +81,10 @@ class SessionRow:
 
     @property
     def duration_ms(self) -> float | None:
-        return _finish_summary(self.summary).duration_ms
+        d = self.summary["duration_ms"]
+        if d is None and self.summary["started_at"] is not None:
+            d = _finish_summary(self.summary).duration_ms  # still open: first to last event
+        return d if isinstance(d, (int, float)) else None
 
     def to_dict(self) -> dict[str, Any]:
         """The row as ``agent-trace sessions --json`` shows a session, plus models and cost."""
@@ -229,8 +237,6 @@ class SessionIndex:
         self.tools: dict[str, dict[str, Any]] = {}
         self.models: dict[str, dict[str, Any]] = {}
         self.days: dict[str, dict[str, Any]] = {}
-        self._cost = _cost_function()
-        self._costs: dict[bytes, float | None] = {}
         self._results: dict[Query, tuple[int, list[SessionRow]]] = {}
         self._stats: tuple[int, dict[str, Any]] | None = None
 
@@ -253,6 +259,7 @@ class SessionIndex:
                 self._day(ev.timestamp)["sessions"] += 1
             summary = row.summary
             errors_before = len(summary["errors"])
+            cost_before = summary.get("cost_usd")
             _apply_summary(summary, ev)
             row.events += 1
             day = self._day(ev.timestamp)
@@ -264,7 +271,13 @@ class SessionIndex:
             if t == "tool_executed" or t == "tool_failed":
                 self._tool(row, t, p)
             elif t == "llm_responded" or t == "llm_failed":
-                self._llm(row, ev, day)
+                # The summary priced the call (projections.llm_cost): its cost is what
+                # the session's total grew by (a $0 call after priced ones reads as unknown).
+                cost_after = summary.get("cost_usd")
+                cost = None
+                if cost_after is not None and cost_after != cost_before:
+                    cost = cost_after - (cost_before or 0.0)
+                self._llm(row, ev, day, cost)
             elif t == "session_started":
                 meta = p.get("metadata")
                 if isinstance(meta, dict) and not row.metadata:
@@ -290,7 +303,9 @@ class SessionIndex:
         if isinstance(d, (int, float)) and not isinstance(d, bool):
             s["durations"].append(d)
 
-    def _llm(self, row: SessionRow, ev: AgentEvent, day: dict[str, Any]) -> None:
+    def _llm(
+        self, row: SessionRow, ev: AgentEvent, day: dict[str, Any], cost: float | None
+    ) -> None:
         p = ev.payload
         model = p.get("response_model") or p.get("model")
         model = model if isinstance(model, str) else "unknown"
@@ -319,35 +334,9 @@ class SessionIndex:
             m["output_tokens"] += out
             m["total_tokens"] += total
             day["tokens"] += total
-        cost = self.cost_of(ev)
         if cost is not None:
-            row.cost = (row.cost or 0.0) + cost
             m["cost_usd"] = (m["cost_usd"] or 0.0) + cost
             day["cost_usd"] = (day["cost_usd"] or 0.0) + cost
-
-    def cost_of(self, ev: AgentEvent) -> float | None:
-        """``projections.llm_cost(ev)``, memoized on what prices depend on; None if unknown."""
-        if self._cost is None:
-            return None
-        p = ev.payload
-        try:
-            key = orjson.dumps(
-                [p.get("provider"), p.get("response_model"), p.get("model"), p.get("usage")],
-                option=orjson.OPT_SORT_KEYS,
-            )
-        except TypeError:
-            key = b""
-        if key and key in self._costs:
-            return self._costs[key]
-        try:
-            cost = self._cost(ev)
-        except Exception:  # a price table that cannot price this call: unknown, not 0
-            log.debug("llm_cost failed on event %s", ev.event_id, exc_info=True)
-            cost = None
-        cost = float(cost) if isinstance(cost, (int, float)) else None
-        if key and len(self._costs) < 100_000:
-            self._costs[key] = cost
-        return cost
 
     def _day(self, timestamp: str) -> dict[str, Any]:
         d = timestamp[:10]
@@ -515,11 +504,6 @@ def _matches(row: SessionRow, q: Query) -> bool:
 
 def _count(value: Any) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) else 0
-
-
-def _cost_function() -> Callable[[AgentEvent], float | None] | None:
-    """``projections.llm_cost`` when this installation has it (issue 12), else None."""
-    return getattr(projections, "llm_cost", None)
 
 
 async def _wait(stop: asyncio.Event, seconds: float, wake: asyncio.Event | None) -> None:
