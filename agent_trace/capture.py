@@ -182,7 +182,12 @@ def _default(obj: Any) -> Any:
         return {"$bytes": len(obj)}
     dump = getattr(obj, "model_dump", None)  # pydantic v2
     if callable(dump) and not isinstance(obj, type):
-        return dump(mode="json")
+        try:
+            # No serializer warnings: SDK generics (e.g. OpenAI's parsed
+            # message) dump fine but warn on every call.
+            return dump(mode="json", warnings=False)
+        except TypeError:  # a model_dump without that option
+            return dump(mode="json")
     if isinstance(obj, (Decimal, PurePath)):
         return str(obj)
     if isinstance(obj, Mapping):

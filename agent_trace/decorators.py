@@ -311,6 +311,20 @@ def _started_keys(name_key: str, args: dict[str, Any]) -> tuple[str, ...] | None
     return (name_key, "args", *args)
 
 
+def _replayed_stream(call: _Call, is_async: bool) -> Any:
+    """Under replay, the SDK stream a recorded ``@record_llm`` stream comes back as."""
+    served = call.mock
+    if call.recorded.kind is not LLM or served is None or served.call.failed:
+        return None
+    outcome = served.call.outcome or {}
+    if not outcome.get("stream"):
+        return None
+    # Imported here: only a replay of a recorded SDK stream needs the SDK.
+    from agent_trace.integrations._sdk import replayed_stream
+
+    return replayed_stream(outcome, is_async)
+
+
 def _failure(
     recorded: _Recorded, fields: dict[str, Any] | None, exc: BaseException, t0: float
 ) -> dict[str, Any]:
@@ -347,7 +361,12 @@ def _sync_wrapper(recorded: _Recorded) -> Callable[..., Any]:
             call.rec.wait_sync(n)
         token = _span.set(call.span)
         try:
-            result = wrapped(*args, **kwargs) if call.mock is None else call.mock.play()
+            if call.mock is None:
+                result = wrapped(*args, **kwargs)
+            else:
+                result = _replayed_stream(call, is_async=False)
+                if result is None:
+                    result = call.mock.play()
         except BaseException as exc:
             _span.reset(token)
             n = call.fail(exc)
@@ -355,7 +374,7 @@ def _sync_wrapper(recorded: _Recorded) -> Callable[..., Any]:
                 call.rec.wait_sync(n)
             raise
         _span.reset(token)
-        if recorded.kind is LLM and call.mock is None:
+        if recorded.kind is LLM:
             stream = record_sdk_stream(call, result)
             if stream is not None:  # recorded as it is consumed
                 return stream
@@ -429,7 +448,8 @@ def _async_wrapper(recorded: _Recorded) -> Callable[..., Any]:
             if call.mock is None:
                 result = await wrapped(*args, **kwargs)
             else:
-                result = call.mock.play()
+                replayed = _replayed_stream(call, is_async=True)
+                result = call.mock.play() if replayed is None else await replayed
         except BaseException as exc:
             _span.reset(token)
             n = call.fail(exc)
@@ -439,7 +459,7 @@ def _async_wrapper(recorded: _Recorded) -> Callable[..., Any]:
                 await rec.wait(n)
             raise
         _span.reset(token)
-        if recorded.kind is LLM and call.mock is None:
+        if recorded.kind is LLM:
             stream = record_sdk_stream(call, result)
             if stream is not None:  # recorded as it is consumed
                 return stream

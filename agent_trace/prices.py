@@ -116,7 +116,7 @@ def usage_cost(
 
     configured = get_settings().prices
     for model in models:
-        own = configured.get(model)
+        own: ModelPrices | None = configured.get(model)
         if own is not None:
             return own.cost(usage)
     for model in models:

@@ -147,7 +147,7 @@ def failure_fields(exc: BaseException) -> dict[str, Any]:
     return fields
 
 
-class RecordedStream(wrapt.ObjectProxy):  # type: ignore[misc]
+class RecordedStream(wrapt.ObjectProxy):  # type: ignore[type-arg,misc,unused-ignore]
     """A synchronous SDK stream (``openai.Stream``, ``anthropic.Stream``), recorded."""
 
     def __init__(self, stream: Any, recording: StreamRecording) -> None:
@@ -192,7 +192,7 @@ class RecordedStream(wrapt.ObjectProxy):  # type: ignore[misc]
             recording.finish(complete=False)
 
 
-class AsyncRecordedStream(wrapt.ObjectProxy):  # type: ignore[misc]
+class AsyncRecordedStream(wrapt.ObjectProxy):  # type: ignore[type-arg,misc,unused-ignore]
     """An asynchronous SDK stream (``openai.AsyncStream``, ...), recorded."""
 
     def __init__(self, stream: Any, recording: StreamRecording) -> None:
@@ -302,7 +302,7 @@ def _snapshot(stream: Any) -> Any:
     return lambda: stream.current_message_snapshot
 
 
-class RecordedStreamManager(wrapt.ObjectProxy):  # type: ignore[misc]
+class RecordedStreamManager(wrapt.ObjectProxy):  # type: ignore[type-arg,misc,unused-ignore]
     """Anthropic's ``MessageStreamManager``: ``with`` yields a recorded ``MessageStream``."""
 
     def __init__(self, manager: Any, call: _Call) -> None:
@@ -329,7 +329,7 @@ class RecordedStreamManager(wrapt.ObjectProxy):  # type: ignore[misc]
                 self._self_recording.finish(complete=False)
 
 
-class AsyncRecordedStreamManager(wrapt.ObjectProxy):  # type: ignore[misc]
+class AsyncRecordedStreamManager(wrapt.ObjectProxy):  # type: ignore[type-arg,misc,unused-ignore]
     """Anthropic's ``AsyncMessageStreamManager``, as ``RecordedStreamManager``."""
 
     def __init__(self, manager: Any, call: _Call) -> None:

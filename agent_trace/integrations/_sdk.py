@@ -364,3 +364,48 @@ def _instrument_client(sdk: SDK, client: Any) -> list[Callable[[], None]]:
 def _is_async_client(sdk: SDK, client: Any) -> bool:
     # client_classes() lists (sync, async) pairs.
     return any(isinstance(client, cls) for cls in sdk.client_classes()[1::2])
+
+
+# --- streams returned by @record_llm functions, replayed ------------------------------
+
+
+def replayed_stream(outcome: dict[str, Any], is_async: bool) -> Any:
+    """The SDK stream a recorded ``@record_llm`` stream replays as, or None.
+
+    The recorded response's shape says which SDK and API produced it; the
+    SDK itself parses server-sent events rebuilt from it, so the caller gets
+    an ``openai.Stream`` / ``anthropic.Stream`` (or their async forms) of the
+    SDK's own chunk objects. Returns a coroutine for ``is_async``.
+    """
+    response = outcome.get("response")
+    if not isinstance(response, dict) or not outcome.get("stream"):
+        return None
+    kind = response.get("object") or response.get("type")
+    model = response.get("model") or "replayed"
+    sdk: SDK
+    if kind in ("chat.completion", "response"):
+        from agent_trace.integrations.openai import _SDK as openai_sdk
+
+        sdk = openai_sdk
+        shape = "chat" if kind == "chat.completion" else "responses"
+        kwargs: dict[str, Any] = (
+            {"model": model, "messages": [], "stream": True}
+            if shape == "chat"
+            else {"model": model, "input": "", "stream": True}
+        )
+    elif kind == "message":
+        from agent_trace.integrations.anthropic import _SDK as anthropic_sdk
+
+        sdk, shape = anthropic_sdk, "messages"
+        kwargs = {"model": model, "messages": [], "max_tokens": 1, "stream": True}
+    else:
+        return None
+    target = next(t for t in sdk.targets if t.shape == shape and t.is_async == is_async)
+    chunks = outcome.get("chunks")
+    body = sdk.sse(shape, response, chunks if isinstance(chunks, int) else None)
+    method = _replay_method(sdk, target, (200, "text/event-stream", body))
+    token = _inside.set(True)
+    try:
+        return method(**kwargs)
+    finally:
+        _inside.reset(token)
