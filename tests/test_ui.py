@@ -108,7 +108,15 @@ def test_list_shows_what_the_cli_sessions_command_shows(server, store_path):
             "started_at",
         ):
             assert row[key] == want[key], (row["session_id"], key)
-        assert "cost_usd" in row and "models" in row
+        # Cost as the CLI derives it: the demo's fake model has no price (None, not 0).
+        assert (
+            row["cost_usd"] == pytest.approx(want["cost_usd"])
+            if want["cost_usd"]
+            else (row["cost_usd"] is None)
+        )
+    by_id = {r["session_id"]: r for r in api["sessions"]}
+    assert by_id["run-a"]["cost_usd"] == pytest.approx(0.000027)
+    assert by_id["research-03"]["cost_usd"] is None
     # Newest first, as the CLI.
     assert [r["session_id"] for r in api["sessions"]] == list(cli_rows)
 
@@ -122,6 +130,8 @@ def test_list_shows_what_the_cli_sessions_command_shows(server, store_path):
     # Each row links to its session page; research-03's failure shows.
     assert 'href="/sessions/research-03"' in html
     assert re.search(r'<tr data-session-id="research-03" class="failed">', html)
+    run_a = re.search(r'<tr data-session-id="run-a">(.*?)</tr>', html).group(1)
+    assert '<td class="num">$0.000027</td>' in run_a
 
 
 def test_search_by_id_text_tool_model_status_and_date(server, store_path):
@@ -141,7 +151,8 @@ def test_search_by_id_text_tool_model_status_and_date(server, store_path):
     assert ids("status=failed") == ["research-03", "run-b"]
     assert ids("status=ok") == sorted([*SESSIONS, "run-a", "run-b"])
     assert ids("status=open") == []
-    assert ids("model=fake-gpt-4o-mini") == sorted([*SESSIONS, "run-a", "run-b"])
+    assert ids("model=fake-gpt-4o-mini") == sorted(SESSIONS)
+    assert ids("model=gpt-4o-mini") == ["run-a", "run-b"]
     assert ids("model=gpt-5") == []
     today = server.json("/api/sessions")["sessions"][0]["started_at"][:10]
     assert len(ids(f"since={today}&until={today}")) == 10
@@ -202,8 +213,9 @@ def test_session_page_is_the_timeline_with_navigation(server):
     assert data["session_id"] == "research-03" and len(data["spans"]) == 18
     api = server.json("/api/sessions/research-03")
     assert api["summary"]["total_tokens"] == 853 and api["summary"]["failures"] == 1
-    assert "cost_usd" in api["summary"]
+    assert api["summary"]["cost_usd"] is None  # an unpriced model
     assert len(api["events"]) == 34
+    assert server.json("/api/sessions/run-a")["summary"]["cost_usd"] == pytest.approx(0.000027)
 
     event = server.json("/api/sessions/research-03/events/2")
     assert event["version"] == 2 and "heat pump" in event["payload"]["message"]
@@ -270,13 +282,19 @@ def test_stats_match_the_cli(server, store_path):
     for name, m in cli["models"].items():
         for key in ("calls", "failures", "input_tokens", "output_tokens", "total_tokens"):
             assert api["models"][name][key] == m[key], (name, key)
-        assert "cost_usd" in api["models"][name]
+        assert api["models"][name]["cost_usd"] == (
+            pytest.approx(m["cost_usd"]) if m.get("cost_usd") is not None else None
+        )
+    assert api["models"]["gpt-4o-mini"]["cost_usd"] == pytest.approx(2 * 0.000027)
+    assert api["cost_usd"] == pytest.approx(2 * 0.000027)
+    assert sum(d["cost_usd"] or 0 for d in api["days"].values()) == pytest.approx(2 * 0.000027)
     assert {d: v["sessions"] for d, v in api["days"].items()} == cli["sessions_per_day"]
     assert api["failed_sessions"] == 2
     html = server.text("/stats")
     for table in ("tools-table", "models-table", "days-table"):
         assert f'id="{table}"' in html
     assert 'href="/?tool=fetch_page"' in html and 'href="/?model=fake-gpt-4o-mini"' in html
+    assert "$0.000054" in html  # the priced model's cost
 
 
 # --- the server as a whole ----------------------------------------------------------------------

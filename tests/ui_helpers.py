@@ -179,12 +179,14 @@ def write_session(
             )
         else:
             add("tool_executed", {"tool": tool, "result": i, "duration_ms": 2.0}, f"t{i}")
-    add("llm_started", {"name": "complete", "model": "fake-gpt-4o-mini", "args": {}}, "l")
+    # A priced model (genai-prices): 100 in + 20 out tokens of gpt-4o-mini cost $0.000027.
+    add("llm_started", {"name": "complete", "provider": "openai", "model": "gpt-4o-mini"}, "l")
     add(
         "llm_responded",
         {
             "name": "complete",
-            "model": "fake-gpt-4o-mini",
+            "provider": "openai",
+            "model": "gpt-4o-mini",
             "response": "done",
             "duration_ms": 3.0,
             "usage": {"input_tokens": 100, "output_tokens": 20, "total_tokens": 120},

@@ -61,10 +61,16 @@ def num(value: int | float | None) -> str:
 
 
 def usd(value: float | None) -> str:
-    """A cost: ``$0.0123``; a dash when no call could be priced (never ``$0`` for unknown)."""
+    """A cost: ``$1.25``, ``$0.0123``, ``$0.000027``; a dash when no call could be priced."""
     if value is None:
         return NONE
-    return f"${value:,.2f}" if value >= 1 else f"${value:.4f}"
+    if value == 0:
+        return "$0"
+    if value >= 1:
+        return f"${value:,.2f}"
+    if value >= 0.01:
+        return f"${value:.4f}"
+    return f"${value:.6f}" if value >= 0.000001 else "<$0.000001"
 
 
 def when(ts: str | None) -> str:
