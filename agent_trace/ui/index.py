@@ -213,10 +213,10 @@ def _looks_like_date(text: str) -> bool:
 
 
 def _int_param(text: str | None, name: str, default: int, lo: int, hi: int) -> int:
-    if text in (None, ""):
+    if text is None or text == "":
         return default
     try:
-        value = int(text)  # type: ignore[arg-type]
+        value = int(text)
     except ValueError:
         raise ValueError(f"{name}={text!r}: not a whole number") from None
     if not lo <= value <= hi:
