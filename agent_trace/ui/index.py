@@ -428,7 +428,7 @@ class SessionIndex:
         ids = list(self.rows)
         near = [i for i in ids if session_id and (i.startswith(session_id) or session_id in i)]
         near = near[:n]
-        if len(ids) <= 200_000:  # difflib is quadratic-ish; skip it on huge stores
+        if len(ids) <= 20_000:  # difflib compares with every id: skip it on big stores
             near += [i for i in difflib.get_close_matches(session_id, ids, n=n) if i not in near]
         return near[:n]
 

@@ -273,7 +273,7 @@ def compare_page(
     diff: SessionDiff | None = None,
 ) -> str:
     """The picker; with two sessions, their decision points aligned, the first divergence marked."""
-    recent = sorted(index.rows.values(), key=SORT_KEYS["started"], reverse=True)[:500]
+    _, recent = index.sessions(Query(per_page=500))  # the newest, as the list has them
     datalist = "".join(f'<option value="{_e(r.session_id)}">' for r in recent)
     form = f"""<form class="search" method="get" action="/compare">
   <label>A <input name="a" value="{_e(a)}" list="session-ids" placeholder="session id"
