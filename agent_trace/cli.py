@@ -880,9 +880,7 @@ def cmd_demo(args: argparse.Namespace, out: Output) -> int:
 
 
 def cmd_ui(args: argparse.Namespace, out: Output) -> int:
-    """Serve a local web UI: sessions (search, sort, live), a session's timeline with its
-    payloads, two sessions side by side with the first divergence, stats. Read-only;
-    ``--otlp`` also takes OTLP/HTTP traces on ``POST /v1/traces``. Ctrl-C stops it."""
+    """Serve a local web UI over the store until Ctrl-C (read-only; see docs/cli.md)."""
     if importlib.util.find_spec("starlette") is None or importlib.util.find_spec("uvicorn") is None:
         raise UsageError("agent-trace ui needs the ui extra: pip install 'agent-trace[ui]'")
     from agent_trace.stores.base import mask_url

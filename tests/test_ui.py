@@ -20,6 +20,7 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
+from stores import pg_helpers
 from test_cli import SESSIONS, ok, record, usage_error
 from ui_helpers import UIServer, write_session
 
@@ -423,3 +424,23 @@ def test_benchmark_runs_quick(tmp_path):
     for metric in ("index complete", "first page", "text search", "stats page", "session page"):
         assert metric in proc.stdout, proc.stdout
     assert list(tmp_path.iterdir()) == []
+
+
+@pg_helpers.PG_MARKS[0]
+@pg_helpers.PG_MARKS[1]
+def test_a_postgres_store_is_listed_and_followed_live(tmp_path):
+    """Any store works: the index follows PostgreSQL through the same protocol."""
+    url = pg_helpers.pg_url(tmp_path)
+    try:
+        write_session(url, "pg-a", ["web_search", "fetch_page"])
+        write_session(url, "pg-b", ["web_search", "calculator"])
+        with UIServer(url) as srv:
+            listed = {r["session_id"] for r in srv.json("/api/sessions")["sessions"]}
+            assert listed == {"pg-a", "pg-b"}
+            assert srv.json("/api/compare?a=pg-a&b=pg-b")["first_divergence"]["index"] == 2
+            write_session(url, "pg-live", ["calculator"])
+            srv.wait_for(lambda: srv.json("/api/changes")["sessions"] == 3)
+            assert "pg-live" in srv.text("/sessions/pg-live")
+        assert srv.returncode == 0
+    finally:
+        pg_helpers.drop_test_schemas()

@@ -23,7 +23,7 @@ from typing import Any
 from test_cli import cli_command, env
 
 from agent_trace.events import AgentEvent, format_timestamp, uuid7
-from agent_trace.stores import SQLiteStore
+from agent_trace.stores import SQLiteStore, open_store
 
 _URL = re.compile(r"at (http://\S+?)/ ")
 
@@ -126,9 +126,10 @@ def _send(req: urllib.request.Request) -> tuple[int, dict[str, str], bytes]:
 
 
 def write_session(
-    path: Path, session_id: str, choices: list[str], *, failed_tool: str | None = None
+    path: Path | str, session_id: str, choices: list[str], *, failed_tool: str | None = None
 ) -> list[AgentEvent]:
-    """Append one agent run: per choice a decision and a tool call; a final answer.
+    """Append one agent run to a SQLite file (or a store URL): per choice a decision
+    and a tool call; then an LLM call and a final answer.
 
     Two runs with the same first choices diverge at the first differing one
     (decision point ``2 * i + 1``: decision, tool args, decision, ...).
@@ -197,7 +198,7 @@ def write_session(
     add("session_ended", {"status": "ok", "duration_ms": float(len(events))})
 
     async def append() -> None:
-        store = SQLiteStore(path)
+        store = SQLiteStore(path) if isinstance(path, Path) else open_store(path)
         try:
             await store.append(events)
         finally:

@@ -120,7 +120,7 @@ def _layout(
 <header class="top">
   <a class="brand" href="/">agent_trace</a>
   <nav>{nav}</nav>
-  <span class="store" title="store">{_e(store_name)}</span>
+  <span class="store" title="{_e(store_name)}">{_e(_tail(store_name, 48))}</span>
   <span class="live" id="live" title="sessions and events in the index">\
 {num(st["sessions"])} sessions · {num(st["events"])} events</span>
 </header>
@@ -132,6 +132,11 @@ def _layout(
 </body>
 </html>
 """
+
+
+def _tail(text: str, width: int) -> str:
+    """The end of a long store URL (the file name is what tells stores apart)."""
+    return text if len(text) <= width else "…" + text[-(width - 1) :]
 
 
 def _options(values: Iterable[str], selected: str, empty: str) -> str:
