@@ -3,13 +3,14 @@
 Every command reads the store through the store protocol and derives what it
 shows with the SDK's own modules: ``projections`` (summaries, span trees, tool
 and model stats), ``integrity`` (verify), ``spill`` (ingest), ``replay``,
-``otel`` (OTLP/JSON export) and ``timeline`` (HTML, and the waterfall of
+``otel`` (OTLP/JSON export), ``regression`` (``test``) and ``timeline`` (HTML, and the waterfall of
 ``show``). Output is rich tables and trees on a terminal,
 plain text when piped, and JSON with ``--json``. Exit codes: 0 ok, 1 a
 verification failed, 2 a usage error (bad arguments, missing store, unknown
 session, bad URL), always with a one-line message on stderr.
 
-Never rewrites or deletes events; only ``ingest`` and ``demo`` append.
+Never rewrites or deletes events; only ``ingest``, ``demo`` and ``test`` (its replays,
+unless ``--replays-to`` sends them elsewhere) append.
 ``rich`` is imported only when output goes to a terminal.
 ``agent_trace/_demo_agent.py`` (for ``demo``) is a symlink to
 ``examples/research_agent.py``, so a wheel ships the example itself.
@@ -29,7 +30,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
-from datetime import datetime, timedelta, timezone
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -337,17 +338,12 @@ def _usd(cost: float | None) -> str:
 
 def _parse_since(text: str) -> datetime:
     """``30m``, ``2h``, ``7d`` ago, or an ISO date/datetime (UTC unless it says otherwise)."""
-    m = re.fullmatch(r"(\d+)\s*([smhdw])", text.strip())
-    if m:
-        unit = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
-        return datetime.now(timezone.utc) - timedelta(**{unit[m.group(2)]: int(m.group(1))})
+    from agent_trace.regression import parse_when
+
     try:
-        when = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
-    except ValueError:
-        raise UsageError(
-            f"--since {text!r}: use a duration (30m, 2h, 7d) or an ISO date (2024-05-01)"
-        ) from None
-    return when if when.tzinfo else when.replace(tzinfo=timezone.utc)
+        return parse_when(text)
+    except ValueError as exc:
+        raise UsageError(f"--since {exc}") from None
 
 
 async def cmd_show(args: argparse.Namespace, store: EventStore, out: Output) -> int:
@@ -837,6 +833,62 @@ def _print_event(out: Output, ev: AgentEvent) -> None:
     out.line(text, style=_event_style(ev.event_type))
 
 
+async def cmd_test(args: argparse.Namespace, store: EventStore, out: Output) -> int:
+    """Replay recorded sessions through an agent entry point and report what changed.
+
+    TARGET (module:function) is called with each selected session's
+    RecordedSession (user_message, metadata, events) inside a replay: tools and
+    LLM answered from the recording (--mock tool keeps the LLM live). Exit 0 when
+    no session diverged, 1 otherwise. Replays (replay_of) are never selected.
+    """
+    import agent_trace as at
+    from agent_trace import regression as rg
+    from agent_trace.stores.base import mask_url
+
+    try:
+        target = rg.load_target(args.target)
+        selection = rg.parse_selection(args.select)
+        mock = rg.parse_mock(args.mock)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    url = _store_url(args)
+    with out.status("selecting sessions"):
+        recordings = await rg.select_recordings(store, selection)
+    if not recordings:
+        raise UsageError(f"no recorded sessions in {mask_url(url)} match {selection}")
+    # The replays go to --replays-to (default: the store itself), flushed once at the end.
+    replays_to = args.replays_to or url
+    await _open_store(replays_to, must_exist=False).close()  # a bad URL: a usage error now
+    at.configure(store=replays_to, flush_on_session_end=False)
+    with out.progress(f"replaying {len(recordings)} sessions", len(recordings)) as advance:
+        report = await rg.run_regression(
+            target,
+            recordings,
+            mock=mock,
+            concurrency=args.concurrency,
+            on_result=advance,
+            name=args.target,
+        )
+    if args.junit_xml:
+        rg.write_junit_xml(report, args.junit_xml)
+    if out.json:
+        out.emit_json(report.to_dict())
+    else:
+        _table(out, *rg.table(report))
+        hint = ""  # how to look at a replay, unless it lived in this process only
+        if not replays_to.startswith("memory:"):
+            hint = (
+                f" --store {replays_to}" if getattr(args, "store", None) or args.replays_to else ""
+            )
+        for result in report.diverged:
+            out.line()
+            out.line(result.explain(hint), style="red")
+        out.line()
+        for line in rg.summary_lines(report):
+            out.line(line, style=None if report.ok else "bold")
+    return 0 if report.ok else 1
+
+
 async def cmd_html(args: argparse.Namespace, store: EventStore, out: Output) -> int:
     """Write the session's self-contained HTML timeline."""
     from agent_trace.timeline import render_html, timeline_data
@@ -983,6 +1035,11 @@ _COMMANDS: dict[str, tuple[Any, str, str]] = {
         "write a self-contained HTML timeline of a session",
         "agent-trace html research-03 -o trace.html",
     ),
+    "test": (
+        cmd_test,
+        "replay recorded sessions through your agent (exit 1 if any diverged)",
+        "agent-trace test myapp.agent:handle --select since=7d,limit=200 --junit-xml replay.xml",
+    ),
     "ui": (
         cmd_ui,
         "serve a local web UI over the store (extra: ui)",
@@ -1070,6 +1127,29 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--max-events", type=_non_negative, default=0, help="stop after N events")
     t.add_argument("--timeout", type=float, default=0, help="stop after this many seconds")
     subs["html"].add_argument("-o", "--output", metavar="FILE", help="default: ID.html")
+    te = subs["test"]
+    te.add_argument("target", metavar="TARGET", help="the agent entry point, module:function")
+    te.add_argument(
+        "--select",
+        action="append",
+        metavar="FILTERS",
+        help="comma-separated, repeatable: tool=NAME, model=NAME, "
+        "status=ok|error|cancelled|open|any, since=WHEN, until=WHEN, session=GLOB, "
+        "metadata.KEY=VALUE, limit=N, sample=N, seed=N, replays=exclude|include|only",
+    )
+    te.add_argument(
+        "--mock",
+        default="tool,llm",
+        metavar="KINDS",
+        help="what the recording answers: tool,llm (default), tool (LLM live), none",
+    )
+    te.add_argument(
+        "--replays-to",
+        metavar="URL",
+        help="where the replays are recorded (default: the --store; memory:// keeps them out)",
+    )
+    te.add_argument("--junit-xml", metavar="FILE", help="also write a JUnit XML report")
+    te.add_argument("--concurrency", type=_positive, default=1, help="sessions replayed at a time")
     subs["demo"].add_argument("--sessions", type=_positive, default=8, help="sessions to run")
     u = subs["ui"]
     u.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback)")

@@ -37,9 +37,11 @@ A replay never modifies the recorded session; it only reads it.
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import builtins
 import concurrent.futures
+import contextlib
 import contextvars
 import inspect
 import sys
@@ -65,6 +67,7 @@ __all__ = [
     "DecisionPoint",
     "RecordedCall",
     "RecordedDict",
+    "RecordedSession",
     "Recording",
     "ReplayBatch",
     "ReplayDivergence",
@@ -140,7 +143,11 @@ class RecordedCall:
 
 @dataclass(slots=True)
 class Recording:
-    """A recorded session loaded for replay: its events and the calls they describe."""
+    """A recorded session loaded for replay: its events and the calls they describe.
+
+    Also known as ``RecordedSession``: what ``agent-trace test`` and the pytest
+    plugin hand the agent (``user_message``, ``metadata``, ``events``).
+    """
 
     session_id: str
     events: list[AgentEvent]
@@ -173,6 +180,10 @@ class Recording:
             if ev.event_type == "response_generated":
                 return ev.payload.get("response")
         return None
+
+
+#: The name ``agent-trace test`` and the pytest plugin use for a recording.
+RecordedSession = Recording
 
 
 def _calls_of(events: Iterable[AgentEvent]) -> list[RecordedCall]:
@@ -430,6 +441,10 @@ def recorded_exception(error_type: str | None, message: str | None) -> BaseExcep
         and issubclass(exc_type, BaseException)
         and name not in _NOT_REPLAYED
     ):
+        if issubclass(exc_type, KeyError):
+            # str(KeyError(k)) is repr(k): recorded "'id'" replays as KeyError('id').
+            with contextlib.suppress(ValueError, SyntaxError, MemoryError, RecursionError):
+                return exc_type(ast.literal_eval(text))
         try:
             return exc_type(text)
         except Exception:  # e.g. UnicodeDecodeError wants five arguments
@@ -528,24 +543,38 @@ def _json_in(text: str) -> Any:
         return _NO_JSON
 
 
-def _difference(expected: Any, actual: Any, path: str = "args") -> str:
-    """Where two arg values first differ, e.g. ``args.messages[2].content``."""
+_ABSENT = object()  # a key one side of a difference does not have
+
+
+def _first_difference(expected: Any, actual: Any, path: str = "args") -> tuple[str, Any, Any]:
+    """Where two captured values first differ (e.g. ``args.messages[2].content``) and the
+    values found there; a missing key's side is ``_ABSENT``."""
     if isinstance(expected, dict) and isinstance(actual, dict):
         for k in expected.keys() | actual.keys():
             if k not in actual:
-                return f"{path}.{k}: missing (expected {_short(expected[k], 80)})"
+                return f"{path}.{k}", expected[k], _ABSENT
             if k not in expected:
-                return f"{path}.{k}: unexpected {_short(actual[k], 80)}"
+                return f"{path}.{k}", _ABSENT, actual[k]
         for k, v in expected.items():
             if not _same(v, actual[k]):
-                return _difference(v, actual[k], f"{path}.{k}")
+                return _first_difference(v, actual[k], f"{path}.{k}")
     if isinstance(expected, list) and isinstance(actual, list):
         for i, (e, a) in enumerate(zip(expected, actual, strict=False)):
             if not _same(e, a):
-                return _difference(e, a, f"{path}[{i}]")
-        if len(expected) != len(actual):
-            return f"{path}: {len(expected)} items expected, got {len(actual)}"
-    return f"{path}: expected {_short(expected, 80)}, got {_short(actual, 80)}"
+                return _first_difference(e, a, f"{path}[{i}]")
+    return path, expected, actual
+
+
+def _difference(expected: Any, actual: Any, path: str = "args") -> str:
+    """Where two arg values first differ, in words."""
+    where, e, a = _first_difference(expected, actual, path)
+    if a is _ABSENT:
+        return f"{where}: missing (expected {_short(e, 80)})"
+    if e is _ABSENT:
+        return f"{where}: unexpected {_short(a, 80)}"
+    if isinstance(e, list) and isinstance(a, list) and len(e) != len(a):
+        return f"{where}: {len(e)} items expected, got {len(a)}"
+    return f"{where}: expected {_short(e, 80)}, got {_short(a, 80)}"
 
 
 @dataclass(frozen=True, slots=True)

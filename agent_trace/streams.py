@@ -189,7 +189,10 @@ class RecordedStream(wrapt.ObjectProxy):  # type: ignore[type-arg,misc,unused-ig
     def __del__(self) -> None:
         recording = getattr(self, "_self_recording", None)
         if recording is not None and not recording.done:
-            recording.finish(complete=False)
+            # Dropped unfinished (a `break` without close()); at interpreter
+            # shutdown the recorder may be gone: never raise from a finalizer.
+            with contextlib.suppress(Exception):
+                recording.finish(complete=False)
 
 
 class AsyncRecordedStream(wrapt.ObjectProxy):  # type: ignore[type-arg,misc,unused-ignore]
@@ -236,7 +239,10 @@ class AsyncRecordedStream(wrapt.ObjectProxy):  # type: ignore[type-arg,misc,unus
     def __del__(self) -> None:
         recording = getattr(self, "_self_recording", None)
         if recording is not None and not recording.done:
-            recording.finish(complete=False)
+            # Dropped unfinished (a `break` without close()); at interpreter
+            # shutdown the recorder may be gone: never raise from a finalizer.
+            with contextlib.suppress(Exception):
+                recording.finish(complete=False)
 
 
 # --- Anthropic's messages.stream() helper ---------------------------------------

@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import agent_trace as at
-from agent_trace.replay import iter_steps
+from agent_trace.replay import RecordedSession, iter_steps
 
 MODEL = "fake-gpt-4o-mini"
 
@@ -369,6 +369,11 @@ async def run_sessions(n: int) -> list[str]:
     await asyncio.gather(*(handle_request(agent, i) for i in range(n)))
     await at.flush()
     return [f"research-{i:02d}" for i in range(n)]
+
+
+async def answer_again(session: RecordedSession) -> str:
+    """The entry point for ``agent-trace test``: answer a recorded question again."""
+    return await ResearchAgent().answer(session.user_message)
 
 
 def summarize(events: list[at.AgentEvent]) -> dict[str, Any]:

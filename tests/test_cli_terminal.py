@@ -13,6 +13,7 @@ import select
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 from test_cli import cli, cli_command, env, record
@@ -115,6 +116,18 @@ def test_verify_shows_progress_on_a_terminal(tmp_path):
     assert re.search(r"verified 60 sessions, [\d,]+ events: ok", plain(out))
     piped = cli("--store", url, "verify")
     assert "verifying" not in piped.stdout + piped.stderr
+
+
+def test_test_command_shows_progress_on_a_terminal(tmp_path):
+    url = f"sqlite:///{tmp_path}/many.db"
+    record(url, sessions=60)
+    target = f"{Path(__file__).resolve().parent / 'regression_targets.py'}:unchanged"
+    code, out = run_in_pty("--store", url, "test", target, "--replays-to", "memory://")
+    assert code == 0
+    assert "replaying 60 sessions" in out and "━" in out  # rich's bar on stderr (the pty)
+    assert "60 of 60 sessions same" in plain(out)
+    piped = cli("--store", url, "test", target, "--replays-to", "memory://")
+    assert piped.returncode == 0 and "replaying" not in piped.stdout + piped.stderr
 
 
 def test_json_on_a_terminal_is_still_plain_json(store):

@@ -1,4 +1,5 @@
-"""examples/replay_regression_test.py passes under pytest; benchmarks/bench_replay.py runs."""
+"""examples/replay_regression_test.py passes under pytest (the plugin's example);
+benchmarks/bench_replay.py runs, agent-trace test table included."""
 
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ def test_replay_regression_example_passes(tmp_path):
         timeout=120,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "4 passed" in proc.stdout
+    assert "12 passed" in proc.stdout
     assert list(tmp_path.iterdir()) == []  # recordings went to pytest's tmp dir
 
 
@@ -34,7 +35,14 @@ def test_replay_benchmark_runs(tmp_path):
     env.pop("AGENT_TRACE_STORE", None)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
     proc = subprocess.run(
-        [sys.executable, str(REPO / "benchmarks" / "bench_replay.py"), "--repeats", "1"],
+        [
+            sys.executable,
+            str(REPO / "benchmarks" / "bench_replay.py"),
+            "--repeats",
+            "1",
+            "--sessions",
+            "40",
+        ],
         cwd=tmp_path,
         env=env,
         capture_output=True,
@@ -42,6 +50,9 @@ def test_replay_benchmark_runs(tmp_path):
         timeout=120,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    rows = [line.split()[0] for line in proc.stdout.splitlines()[1:]]
-    assert rows == ["memory", "sqlite"]
+    single, regression = proc.stdout.strip().split("\n\n")
+    assert [line.split()[0] for line in single.splitlines()[1:]] == ["memory", "sqlite"]
+    header, *rows = regression.splitlines()
+    assert "sessions/s" in header
+    assert [(r.split()[0], r.split()[1]) for r in rows] == [("memory", "40"), ("sqlite", "40")]
     assert list(tmp_path.iterdir()) == []

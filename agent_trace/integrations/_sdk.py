@@ -59,6 +59,8 @@ _inside: contextvars.ContextVar[bool] = contextvars.ContextVar(
 )
 _DROPPED_ARGS = frozenset({"extra_headers", "timeout"})
 _RAW_HEADER = "X-Stainless-Raw-Response"
+# SDK errors raised for no HTTP answer -> the transport error that makes the SDK raise them.
+_TRANSPORT_ERRORS = {"APITimeoutError": "ReadTimeout", "APIConnectionError": "ConnectError"}
 
 
 @dataclass(frozen=True)
@@ -136,7 +138,9 @@ def _recorded_answer(sdk: SDK, target: Target, call: _Call, kwargs: dict[str, An
     outcome = recorded.outcome or {}
     if recorded.failed:
         status = outcome.get("status_code")
-        if not isinstance(status, int):  # not an HTTP error: timeouts, connection errors ...
+        if recorded.error_type in _TRANSPORT_ERRORS:  # the SDK raises its own type again
+            return 0, recorded.error_type, b""
+        if not isinstance(status, int):  # not from the SDK: raised as recorded
             raise recorded_exception(recorded.error_type, recorded.error)
         body = outcome.get("error_body")
         if body is None:
@@ -155,6 +159,8 @@ def _replay_method(sdk: SDK, target: Target, answer: tuple[int, str, bytes]) -> 
     status, content_type, body = answer
 
     def handler(request: Any) -> Any:
+        if status == 0:  # a recorded timeout or connection error
+            raise getattr(http, _TRANSPORT_ERRORS[content_type])("replayed", request=request)
         return http.Response(status, headers={"content-type": content_type}, content=body)
 
     client = sdk.replay_client(target.is_async, http.MockTransport(handler))

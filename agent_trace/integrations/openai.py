@@ -21,8 +21,7 @@ try:
     import openai
 except ImportError as exc:  # pragma: no cover - exercised without the extra
     raise ImportError(
-        "agent_trace.instrument_openai() needs the OpenAI SDK: "
-        "pip install 'agent-trace[openai]'"
+        "agent_trace.instrument_openai() needs the OpenAI SDK: pip install 'agent-trace[openai]'"
     ) from exc
 
 __all__ = ["instrument_openai"]
@@ -69,8 +68,8 @@ class OpenAISDK(SDK):
     def replay_client(self, is_async: bool, transport: Any) -> Any:
         http = self.http_module()
         cls = openai.AsyncOpenAI if is_async else openai.OpenAI
-        http_client = http.AsyncClient(transport=transport) if is_async else http.Client(
-            transport=transport
+        http_client = (
+            http.AsyncClient(transport=transport) if is_async else http.Client(transport=transport)
         )
         return cls(
             api_key="agent-trace-replay",
@@ -138,29 +137,48 @@ def _chat_chunks(response: dict[str, Any], chunks: int | None) -> list[dict[str,
 
 
 def _responses_events(response: dict[str, Any], chunks: int | None) -> list[dict[str, Any]]:
-    """Responses API stream events: created, the output text deltas, completed."""
+    """Responses API stream events, in the API's order, that rebuild ``response``."""
     started = {**response, "status": "in_progress", "output": [], "usage": None}
-    events: list[dict[str, Any]] = [{"type": "response.created", "response": started}]
-    texts: list[tuple[int, str, str]] = []
-    for i, item in enumerate(response.get("output") or []):
-        if not isinstance(item, dict) or item.get("type") != "message":
-            continue
-        for part in item.get("content") or []:
-            if isinstance(part, dict) and isinstance(part.get("text"), str):
-                texts.append((i, str(item.get("id") or ""), part["text"]))
-    per_text = max(1, ((chunks or 0) - 2) // max(1, len(texts)))
-    for output_index, item_id, text in texts:
-        for piece in pieces(text, per_text):
+    events: list[dict[str, Any]] = [
+        {"type": "response.created", "response": started},
+        {"type": "response.in_progress", "response": started},
+    ]
+    output = [item for item in response.get("output") or [] if isinstance(item, dict)]
+    texts = sum(
+        1
+        for item in output
+        if item.get("type") == "message"
+        for part in item.get("content") or []
+        if isinstance(part, dict) and isinstance(part.get("text"), str)
+    )
+    per_text = max(1, ((chunks or 0) - 4 - 6 * texts) // max(1, texts))
+    for index, item in enumerate(output):
+        if item.get("type") != "message":  # tool calls, reasoning ...: whole, added then done
             events.append(
-                {
-                    "type": "response.output_text.delta",
-                    "item_id": item_id,
-                    "output_index": output_index,
-                    "content_index": 0,
-                    "delta": piece,
-                    "logprobs": [],
-                }
+                {"type": "response.output_item.added", "output_index": index, "item": item}
             )
+            events.append(
+                {"type": "response.output_item.done", "output_index": index, "item": item}
+            )
+            continue
+        item_id = str(item.get("id") or "")
+        opened = {**item, "status": "in_progress", "content": []}
+        events.append({"type": "response.output_item.added", "output_index": index, "item": opened})
+        for c, part in enumerate(item.get("content") or []):
+            if not isinstance(part, dict):
+                continue
+            where = {"item_id": item_id, "output_index": index, "content_index": c}
+            text = part.get("text")
+            empty = {**part, "text": ""} if isinstance(text, str) else part
+            events.append({"type": "response.content_part.added", **where, "part": empty})
+            if isinstance(text, str):
+                for piece in pieces(text, per_text):
+                    delta = {"type": "response.output_text.delta", **where, "delta": piece}
+                    events.append({**delta, "logprobs": []})
+                done = {"type": "response.output_text.done", **where, "text": text}
+                events.append({**done, "logprobs": []})
+            events.append({"type": "response.content_part.done", **where, "part": part})
+        events.append({"type": "response.output_item.done", "output_index": index, "item": item})
     status = response.get("status")
     end = {"incomplete": "response.incomplete", "failed": "response.failed"}.get(
         status if isinstance(status, str) else "", "response.completed"

@@ -146,33 +146,30 @@ def chat_chunks(text: str = "Paris is the capital", with_tool: bool = True) -> l
 
 
 def responses_events(text: str = "Streamed hello") -> list[dict[str, Any]]:
-    final = {
-        **RESPONSES_RESPONSE,
-        "output": [
-            {
-                **RESPONSES_RESPONSE["output"][0],
-                "content": [{"type": "output_text", "text": text, "annotations": []}],
-            }
-        ],
-    }
+    """A Responses API stream in the API's order: created, item, part, text deltas, completed."""
+    item = RESPONSES_RESPONSE["output"][0]
+    part = {"type": "output_text", "text": text, "annotations": []}
+    final = {**RESPONSES_RESPONSE, "output": [{**item, "content": [part]}]}
+    where = {"item_id": "msg_1", "output_index": 0, "content_index": 0}
+    started = {**final, "status": "in_progress", "output": [], "usage": None}
     events: list[dict[str, Any]] = [
-        {
-            "type": "response.created",
-            "response": {**final, "status": "in_progress", "output": [], "usage": None},
-        }
-    ]
+        {"type": "response.created", "response": started},
+        {"type": "response.in_progress", "response": started},
+        {"type": "response.output_item.added", "output_index": 0,
+         "item": {**item, "status": "in_progress", "content": []}},
+        {"type": "response.content_part.added", **where, "part": {**part, "text": ""}},
+    ]  # fmt: skip
     for i, word in enumerate(text.split(" ")):
+        delta = word if i == 0 else " " + word
         events.append(
-            {
-                "type": "response.output_text.delta",
-                "item_id": "msg_1",
-                "output_index": 0,
-                "content_index": 0,
-                "delta": word if i == 0 else " " + word,
-                "logprobs": [],
-            }
+            {"type": "response.output_text.delta", **where, "delta": delta, "logprobs": []}
         )
-    events.append({"type": "response.completed", "response": final})
+    events += [
+        {"type": "response.output_text.done", **where, "text": text, "logprobs": []},
+        {"type": "response.content_part.done", **where, "part": part},
+        {"type": "response.output_item.done", "output_index": 0, "item": final["output"][0]},
+        {"type": "response.completed", "response": final},
+    ]
     for n, e in enumerate(events):
         e["sequence_number"] = n
     return events

@@ -563,3 +563,74 @@ def test_record_llm_stream_replays_as_an_sdk_stream(memory_store):
     assert replayed == recorded and len(server.requests) == sent
     p = of_type(events_of(r.id), "llm_responded")[0].payload
     assert p["response"]["choices"][0]["message"]["content"] == recorded
+
+
+def test_timeout_is_the_sdk_error_recorded_and_replayed(instrumented):
+    import httpx2
+
+    def hangs(request):
+        raise httpx2.ReadTimeout("timed out", request=request)
+
+    client = openai.OpenAI(
+        api_key=API_KEY,
+        base_url="http://fake-openai.test/v1",
+        http_client=httpx2.Client(transport=httpx2.MockTransport(hangs)),
+        max_retries=0,
+    )
+    with at.session("timeout"), pytest.raises(openai.APITimeoutError):
+        client.chat.completions.create(model="gpt-4o", messages=USER, timeout=0.5)
+    failed = of_type(events_of("timeout"), "llm_failed")[0].payload
+    assert failed["error_type"] == "APITimeoutError" and "status_code" not in failed
+    with replay("timeout", mock=("llm",)), pytest.raises(openai.APITimeoutError):
+        client.chat.completions.create(model="gpt-4o", messages=USER, timeout=0.5)
+
+
+def test_without_the_sdk_the_error_names_the_extra(tmp_path):
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; sys.modules['openai'] = None\n"
+        "import agent_trace as at\n"
+        "try:\n    at.instrument_openai()\n"
+        "except ImportError as e:\n    print(e)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path)
+    assert "pip install 'agent-trace[openai]'" in out.stdout, out.stderr
+
+
+def test_stream_helpers_record_the_create_call_they_make(instrumented):
+    client = openai_client(FakeServer())
+    with at.session("helpers"):
+        with client.chat.completions.stream(model="gpt-4o", messages=USER) as stream:
+            final = stream.get_final_completion()
+        with client.responses.stream(model="gpt-4.1", input="hi") as rstream:
+            response = rstream.get_final_response()
+    assert final.choices[0].message.content == "Paris is the capital"
+    assert response.output_text == "Streamed hello"
+    responded = of_type(events_of("helpers"), "llm_responded")
+    assert [r.payload["name"] for r in responded] == [
+        "openai.chat.completions.create",
+        "openai.responses.create",
+    ]
+    assert all(r.payload["status"] == "complete" for r in responded)
+
+
+def test_stream_helpers_work_under_replay(instrumented):
+    server = FakeServer()
+    client = openai_client(server)
+    with at.session("helpers-replay"):
+        with client.chat.completions.stream(model="gpt-4o", messages=USER) as stream:
+            stream.until_done()
+        with client.responses.stream(model="gpt-4.1", input="hi") as rstream:
+            rstream.until_done()
+    sent = len(server.requests)
+    with replay("helpers-replay", mock=("llm",)):
+        with client.chat.completions.stream(model="gpt-4o", messages=USER) as stream:
+            final = stream.get_final_completion()
+        with client.responses.stream(model="gpt-4.1", input="hi") as rstream:
+            text = "".join(e.delta for e in rstream if e.type == "response.output_text.delta")
+            response = rstream.get_final_response()
+    assert len(server.requests) == sent
+    assert final.choices[0].message.content == "Paris is the capital"
+    assert text == "Streamed hello" and response.output_text == "Streamed hello"
