@@ -444,3 +444,26 @@ def test_a_postgres_store_is_listed_and_followed_live(tmp_path):
         assert srv.returncode == 0
     finally:
         pg_helpers.drop_test_schemas()
+
+
+def test_example_serves_the_ui_from_the_agents_process(tmp_path):
+    """examples/ui_live.py: an in-memory store, the UI on the agent's own event loop."""
+    import subprocess
+    import sys
+
+    from test_cli import REPO, env
+
+    example = str(REPO / "examples" / "ui_live.py")
+    proc = subprocess.run(
+        [sys.executable, example, "--sessions", "3", "--port", "0", "--interval", "0"],
+        cwd=tmp_path,
+        env=env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0].startswith("UI at http://127.0.0.1:")
+    assert lines[1:] == [f"weather-{i:02d}  ok  52 tokens  ['lookup_weather']" for i in (2, 1, 0)]
+    assert list(tmp_path.iterdir()) == []  # nothing on disk
