@@ -361,6 +361,17 @@ def test_new_sessions_appear_live(store_path, tmp_path):
         assert row_ids(srv.text("/"))[0] == "live-01"
         assert srv.json("/api/stats")["sessions"] == 11
 
+        # Whatever a session id or payload holds, it stays text on every page.
+        nasty = '<img src=x onerror="alert(1)">'
+        write_session(path, nasty, ["web_search"])
+        srv.wait_for(lambda: srv.json("/api/changes")["sessions"] == 12)
+        quoted = "%3Cimg%20src%3Dx%20onerror%3D%22alert%281%29%22%3E"
+        for page in ("/", "/?q=onerror", f"/compare?a={quoted}&b=live-01", "/stats"):
+            html = srv.text(page)
+            assert nasty not in html and "<img" not in html, page
+        assert "&lt;img src=x onerror=&quot;alert(1)&quot;&gt;" in srv.text("/")
+        assert nasty in srv.json(f"/api/sessions/{quoted}")["session_id"]
+
 
 def test_command_line_errors(tmp_path, store_path):
     line = usage_error("--store", f"sqlite:///{tmp_path}/missing.db", "ui")
