@@ -27,6 +27,7 @@ import zlib
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import orjson
 from starlette.applications import Starlette
@@ -165,7 +166,8 @@ def create_app(
         picked = params.getlist("s")
         if len(picked) == 2 and not params.get("a"):  # the list's "compare selected" form
             return RedirectResponse(
-                f"/compare?a={_q(picked[0])}&b={_q(picked[1])}", status_code=303
+                f"/compare?a={quote(picked[0], safe='')}&b={quote(picked[1], safe='')}",
+                status_code=303,
             )
         a, b = (params.get("a") or "").strip(), (params.get("b") or "").strip()
         if not a or not b:
@@ -340,12 +342,6 @@ def create_app(
     app.state.store = reader
     app.state.writer = writer
     return app
-
-
-def _q(text: str) -> str:
-    from urllib.parse import quote
-
-    return quote(text, safe="")
 
 
 def _otlp_error(ctype: str, status: int, message: str) -> Response:
