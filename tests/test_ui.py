@@ -16,6 +16,7 @@ import re
 import shutil
 import socket
 import sqlite3
+import time
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -24,10 +25,30 @@ from stores import pg_helpers
 from test_cli import SESSIONS, ok, record, usage_error
 from ui_helpers import UIServer, write_session
 
+from agent_trace.events import AgentEvent, format_timestamp
+from agent_trace.projections import llm_cost
 from agent_trace.replay import diff_sessions_sync
 from agent_trace.stores import SQLiteStore
 from agent_trace.stores.base import StoreError
 from agent_trace.ui.index import Query, SessionIndex
+from agent_trace.ui.pages import usd
+
+#: What one hand-made run's LLM call costs (100 + 20 tokens of gpt-4o-mini), as priced
+#: by agent_trace itself (genai-prices), so the test follows price updates.
+RUN_COST = llm_cost(
+    AgentEvent(
+        "0",
+        "s",
+        "llm_responded",
+        format_timestamp(time.time_ns()),
+        {
+            "provider": "openai",
+            "model": "gpt-4o-mini",
+            "usage": {"input_tokens": 100, "output_tokens": 20, "total_tokens": 120},
+        },
+    )
+)
+assert RUN_COST, "gpt-4o-mini should have a price (genai-prices is in the test extras)"
 
 
 @pytest.fixture(scope="module")
@@ -116,7 +137,7 @@ def test_list_shows_what_the_cli_sessions_command_shows(server, store_path):
             else (row["cost_usd"] is None)
         )
     by_id = {r["session_id"]: r for r in api["sessions"]}
-    assert by_id["run-a"]["cost_usd"] == pytest.approx(0.000027)
+    assert by_id["run-a"]["cost_usd"] == pytest.approx(RUN_COST)
     assert by_id["research-03"]["cost_usd"] is None
     # Newest first, as the CLI.
     assert [r["session_id"] for r in api["sessions"]] == list(cli_rows)
@@ -132,7 +153,7 @@ def test_list_shows_what_the_cli_sessions_command_shows(server, store_path):
     assert 'href="/sessions/research-03"' in html
     assert re.search(r'<tr data-session-id="research-03" class="failed">', html)
     run_a = re.search(r'<tr data-session-id="run-a">(.*?)</tr>', html).group(1)
-    assert '<td class="num">$0.000027</td>' in run_a
+    assert f'<td class="num">{usd(RUN_COST)}</td>' in run_a
 
 
 def test_search_by_id_text_tool_model_status_and_date(server, store_path):
@@ -216,7 +237,7 @@ def test_session_page_is_the_timeline_with_navigation(server):
     assert api["summary"]["total_tokens"] == 853 and api["summary"]["failures"] == 1
     assert api["summary"]["cost_usd"] is None  # an unpriced model
     assert len(api["events"]) == 34
-    assert server.json("/api/sessions/run-a")["summary"]["cost_usd"] == pytest.approx(0.000027)
+    assert server.json("/api/sessions/run-a")["summary"]["cost_usd"] == pytest.approx(RUN_COST)
 
     event = server.json("/api/sessions/research-03/events/2")
     assert event["version"] == 2 and "heat pump" in event["payload"]["message"]
@@ -286,16 +307,16 @@ def test_stats_match_the_cli(server, store_path):
         assert api["models"][name]["cost_usd"] == (
             pytest.approx(m["cost_usd"]) if m.get("cost_usd") is not None else None
         )
-    assert api["models"]["gpt-4o-mini"]["cost_usd"] == pytest.approx(2 * 0.000027)
-    assert api["cost_usd"] == pytest.approx(2 * 0.000027)
-    assert sum(d["cost_usd"] or 0 for d in api["days"].values()) == pytest.approx(2 * 0.000027)
+    assert api["models"]["gpt-4o-mini"]["cost_usd"] == pytest.approx(2 * RUN_COST)
+    assert api["cost_usd"] == pytest.approx(2 * RUN_COST)
+    assert sum(d["cost_usd"] or 0 for d in api["days"].values()) == pytest.approx(2 * RUN_COST)
     assert {d: v["sessions"] for d, v in api["days"].items()} == cli["sessions_per_day"]
     assert api["failed_sessions"] == 2
     html = server.text("/stats")
     for table in ("tools-table", "models-table", "days-table"):
         assert f'id="{table}"' in html
     assert 'href="/?tool=fetch_page"' in html and 'href="/?model=fake-gpt-4o-mini"' in html
-    assert "$0.000054" in html  # the priced model's cost
+    assert usd(2 * RUN_COST) in html  # the priced model's cost
 
 
 # --- the server as a whole ----------------------------------------------------------------------

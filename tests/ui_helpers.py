@@ -180,7 +180,7 @@ def write_session(
             )
         else:
             add("tool_executed", {"tool": tool, "result": i, "duration_ms": 2.0}, f"t{i}")
-    # A priced model (genai-prices): 100 in + 20 out tokens of gpt-4o-mini cost $0.000027.
+    # A priced model (genai-prices prices gpt-4o-mini), so the UI has a cost to show.
     add("llm_started", {"name": "complete", "provider": "openai", "model": "gpt-4o-mini"}, "l")
     add(
         "llm_responded",
