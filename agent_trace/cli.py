@@ -715,13 +715,19 @@ async def _verify(args: argparse.Namespace, store: EventStore, out: Output) -> i
 
 
 async def cmd_export(args: argparse.Namespace, store: EventStore, out: Output) -> int:
-    """Write one session as JSON lines (the stored form, hashes included) or OTLP/JSON."""
+    """Write one session as JSON lines (the stored form, hashes included), OTLP/JSON or
+    OTLP protobuf (what every OTLP/HTTP receiver accepts: POST it to /v1/traces with
+    Content-Type: application/x-protobuf)."""
     events = await _session_events(store, args.session_id, _store_url(args))
-    if args.format == "otlp-json":
-        from agent_trace.otel import session_to_otlp_json
+    if args.format in ("otlp-json", "otlp-proto"):
+        from agent_trace.otel import session_to_otlp_json, session_to_otlp_proto
 
-        doc = session_to_otlp_json(events, capture_content=args.capture_content)
-        body = orjson.dumps(doc, option=orjson.OPT_INDENT_2) + b"\n"
+        options = {"capture_content": args.capture_content, "project_name": args.project}
+        if args.format == "otlp-proto":
+            body = session_to_otlp_proto(events, **options)
+        else:
+            doc = session_to_otlp_json(events, **options)
+            body = orjson.dumps(doc, option=orjson.OPT_INDENT_2) + b"\n"
     else:
         # The stored form (no upcasting): what the hash chain covers.
         stored = await store.get_events(args.session_id, raw=True)  # type: ignore[call-arg]
@@ -1021,7 +1027,7 @@ _COMMANDS: dict[str, tuple[Any, str, str]] = {
     ),
     "export": (
         cmd_export,
-        "export a session as JSON lines or OTLP/JSON",
+        "export a session as JSON lines, OTLP/JSON or OTLP protobuf",
         "agent-trace export research-03 --format jsonl -o research-03.jsonl",
     ),
     "ingest": (
@@ -1109,12 +1115,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--step", action="store_true", help="wait for Enter between steps (on a terminal)"
     )
     e = subs["export"]
-    e.add_argument("--format", choices=("jsonl", "otlp-json"), default="jsonl")
+    e.add_argument("--format", choices=("jsonl", "otlp-json", "otlp-proto"), default="jsonl")
     e.add_argument("-o", "--output", metavar="FILE", help="write here instead of stdout")
     e.add_argument(
         "--capture-content",
         action="store_true",
-        help="otlp-json: include arguments, results and responses as span attributes",
+        help="otlp-*: include arguments, results, messages and the turn's question and answer",
+    )
+    e.add_argument(
+        "--project",
+        metavar="NAME",
+        help="otlp-*: the project on the resource (openinference.project.name, e.g. Phoenix)",
     )
     subs["ingest"].add_argument("file", metavar="FILE", help="JSONL file of events")
     subs["ingest"].add_argument(

@@ -13,6 +13,7 @@ session the function runs unchanged and nothing is recorded.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import time
 import types
@@ -689,6 +690,14 @@ def _llm_outcome(recorded: _Recorded, args: dict[str, Any], result: Any) -> dict
             usage = recorded.usage(result)
         except Exception:  # a user's usage= callable must not break the agent
             usage = None
+    # An SDK response object (pydantic) becomes its JSON once, here: reading
+    # usage from a dict costs less than probing the model's attributes (each
+    # miss raises inside pydantic), and capture writes the same bytes.
+    dump = getattr(result, "model_dump", None)
+    if callable(dump) and not isinstance(result, type):
+        # Not pydantic's model_dump (other arguments): capture decides.
+        with contextlib.suppress(Exception):
+            result = dump(mode="json", warnings=False)
     source = result
     if isinstance(result, list):  # streamed chunks: usage comes on the last ones
         source = next((item for item in reversed(result) if usage_of(item)), None)

@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
+
+# Arize Phoenix (a test dependency) registers a pytest plugin that imports its
+# whole server (~10 s) and adds warnings to the summary line. pyproject's addopts
+# keep it out of this run; the pytest processes these tests start (examples, the
+# replay plugin's own runs) inherit this instead.
+if "no:phoenix" not in os.environ.get("PYTEST_ADDOPTS", ""):
+    os.environ["PYTEST_ADDOPTS"] = f"{os.environ.get('PYTEST_ADDOPTS', '')} -p no:phoenix".strip()
 
 import agent_trace as at
 

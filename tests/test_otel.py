@@ -99,8 +99,9 @@ async def test_a_recorded_session_maps_to_genai_spans(memory_store) -> None:
     assert root.attributes["gen_ai.conversation.id"] == sid
     assert root.attributes["gen_ai.agent.name"] == "researcher"
     assert root.attributes["agent_trace.session.user"] == "u1"
-    # One trace per session, the trace id being the session's UUID.
-    assert {s.context.trace_id for s in spans} == {int(sid.replace("-", ""), 16)}
+    # One trace per turn, the trace id being its session_started event id.
+    started = next(e for e in await at.get_events(sid, store=memory_store) if e.version == 1)
+    assert {s.context.trace_id for s in spans} == {int(started.event_id.replace("-", ""), 16)}
     # The emitted event is a span event on the session span.
     assert [e.name for e in root.events] == ["user_message_received"]
 
@@ -154,8 +155,25 @@ async def test_capture_content_adds_arguments_and_results(memory_store) -> None:
         "url": "http://example.invalid"
     }
     llm = spans["chat gpt-4o"]
-    assert orjson.loads(llm.attributes["gen_ai.input.messages"]) == {"prompt": "say hello"}
-    assert "hello" in llm.attributes["gen_ai.output.messages"]
+    # The GenAI conventions' message shape: a lone string argument is the user's text.
+    assert orjson.loads(llm.attributes["gen_ai.input.messages"]) == [
+        {"role": "user", "parts": [{"type": "text", "content": "say hello"}]}
+    ]
+    assert orjson.loads(llm.attributes["gen_ai.output.messages"]) == [
+        {
+            "role": "assistant",
+            "parts": [{"type": "text", "content": "hello"}],
+            "finish_reason": "stop",
+        }
+    ]
+    assert llm.attributes["output.value"] == "hello"
+    # The turn's root: the question emitted as user_message_received, the LLM's reply.
+    root = spans["invoke_agent researcher"]
+    assert root.attributes["input.value"] == "hi"
+    assert root.attributes["output.value"] == "hello"
+    assert orjson.loads(spans["decision route"].attributes["input.value"]) == {
+        "question": "what is otel?"
+    }
 
 
 async def test_live_batches_give_the_same_spans_as_after_the_fact(memory_store) -> None:
@@ -307,7 +325,8 @@ async def test_otlp_http_export_to_a_local_receiver(memory_store, receiver) -> N
     [fetch] = spans["execute_tool fetch"]
     assert root.parent_span_id == b""
     assert _attrs(root)["gen_ai.conversation.id"] == sid
-    assert root.trace_id == bytes.fromhex(sid.replace("-", ""))
+    started = (await at.get_events(sid, store=memory_store))[0]
+    assert root.trace_id == bytes.fromhex(started.event_id.replace("-", ""))
     assert _attrs(llm)["gen_ai.usage.input_tokens"] == 11
     assert _attrs(llm)["gen_ai.request.model"] == "gpt-4o"
     assert _attrs(fetch)["error.type"] == "ToolBroke"
@@ -346,9 +365,10 @@ async def test_otlp_json_matches_the_protobuf_schema(memory_store) -> None:
     assert llm.kind == 3  # SPAN_KIND_CLIENT
     assert _attrs(llm)["gen_ai.response.finish_reasons"] == ["stop"]
     [root] = spans["invoke_agent researcher"]
-    assert root.trace_id.hex() == sid.replace("-", "")
+    turn = (await at.get_events(sid, store=memory_store))[0].event_id.replace("-", "")
+    assert root.trace_id.hex() == turn
     assert _attrs(request.resource_spans[0].resource)["service.name"] == "my-agent"
-    assert f'"traceId":"{sid.replace("-", "")}"' in text
+    assert f'"traceId":"{turn}"' in text
 
 
 def _ns(timestamp: str) -> int:
@@ -374,3 +394,245 @@ def test_the_sink_form_never_raises(caplog: pytest.LogCaptureFixture) -> None:
     assert exporter([started, ended]) == 0
     assert exporter.failures == 1
     assert "OpenTelemetry export failed" in caplog.text
+
+
+# --- what a backend shows (SPEC 11) ------------------------------------------------
+
+
+async def test_failures_decisions_and_providers_as_backends_read_them(memory_store) -> None:
+    sid = record_one_session()
+    spans = by_name(build_spans(await at.get_events(sid, store=memory_store)))
+    failed = spans["execute_tool fetch"]
+    [(name, ts, attrs)] = failed.events
+    assert name == "exception" and ts == failed.end_ns
+    assert attrs == {
+        "exception.type": "ToolBroke",
+        "exception.message": "cannot fetch http://example.invalid",
+    }
+    decision = spans["decision route"]
+    assert decision.attributes["openinference.span.kind"] == "CHAIN"
+    assert decision.attributes["output.value"] == "search"
+    assert "input.value" not in decision.attributes  # content is opt-in
+    llm = spans["chat gpt-4o"]
+    assert llm.attributes["gen_ai.provider.name"] == "openai"  # told by the model name
+    assert "output.value" not in llm.attributes
+    assert {s.attributes["gen_ai.conversation.id"] for s in spans.values()} == {sid}
+
+
+def test_each_entry_into_a_session_is_its_own_trace(memory_store) -> None:
+    sid = record_one_session()
+    record_one_session(sid)  # re-entered: a second turn
+    events = at.get_events_sync(sid, store=memory_store)
+    spans = build_spans(events)
+    roots = sorted((s for s in spans if s.parent_span_id is None), key=lambda s: s.start_ns)
+    assert len(roots) == 2
+    turns = [e for e in events if e.event_type == "session_started"]
+    for root, turn in zip(roots, turns, strict=True):
+        assert root.trace_id == int(turn.event_id.replace("-", ""), 16)
+    for root in roots:
+        tree = [s for s in spans if s.trace_id == root.trace_id]
+        assert len(tree) == 6
+        assert all(s.parent_span_id is not None for s in tree if s is not root)
+    assert {s.attributes["gen_ai.conversation.id"] for s in spans} == {sid}
+
+
+@pytest.mark.parametrize(
+    ("args", "response", "messages", "output"),
+    [
+        (  # OpenAI chat, with a tool call in the reply
+            {
+                "model": "gpt-4o",
+                "messages": [
+                    {"role": "developer", "content": "Be brief."},
+                    {"role": "user", "content": [{"type": "text", "text": "Weather?"}]},
+                ],
+            },
+            {
+                "choices": [
+                    {
+                        "message": {
+                            "role": "assistant",
+                            "content": None,
+                            "tool_calls": [
+                                {
+                                    "id": "call_1",
+                                    "type": "function",
+                                    "function": {
+                                        "name": "weather",
+                                        "arguments": '{"city": "Paris"}',
+                                    },
+                                }
+                            ],
+                        },
+                        "finish_reason": "tool_calls",
+                    }
+                ]
+            },
+            [
+                {"role": "system", "parts": [{"type": "text", "content": "Be brief."}]},
+                {"role": "user", "parts": [{"type": "text", "content": "Weather?"}]},
+            ],
+            [
+                {
+                    "role": "assistant",
+                    "parts": [
+                        {
+                            "type": "tool_call",
+                            "name": "weather",
+                            "id": "call_1",
+                            "arguments": {"city": "Paris"},
+                        }
+                    ],
+                    "finish_reason": "tool_call",
+                }
+            ],
+        ),
+        (  # Anthropic, with a tool result going in
+            {
+                "system": "Be brief.",
+                "messages": [
+                    {"role": "user", "content": "Weather?"},
+                    {
+                        "role": "user",
+                        "content": [
+                            {"type": "tool_result", "tool_use_id": "tu_1", "content": "sunny"}
+                        ],
+                    },
+                ],
+            },
+            {
+                "role": "assistant",
+                "content": [{"type": "text", "text": "Sunny."}],
+                "stop_reason": "end_turn",
+            },
+            [
+                {"role": "user", "parts": [{"type": "text", "content": "Weather?"}]},
+                {
+                    "role": "user",
+                    "parts": [{"type": "tool_call_response", "id": "tu_1", "response": "sunny"}],
+                },
+            ],
+            [
+                {
+                    "role": "assistant",
+                    "parts": [{"type": "text", "content": "Sunny."}],
+                    "finish_reason": "stop",
+                }
+            ],
+        ),
+        (  # OpenAI Responses API
+            {"input": "Weather?", "instructions": "Be brief."},
+            {
+                "status": "completed",
+                "output": [
+                    {"type": "message", "content": [{"type": "output_text", "text": "Sunny."}]},
+                ],
+            },
+            [{"role": "user", "parts": [{"type": "text", "content": "Weather?"}]}],
+            [
+                {
+                    "role": "assistant",
+                    "parts": [{"type": "text", "content": "Sunny."}],
+                    "finish_reason": "stop",
+                }
+            ],
+        ),
+        (  # any function: its arguments as JSON, its result as text
+            {"city": "Paris", "days": 2},
+            "Sunny.",
+            [{"role": "user", "parts": [{"type": "text", "content": '{"city":"Paris","days":2}'}]}],
+            [
+                {
+                    "role": "assistant",
+                    "parts": [{"type": "text", "content": "Sunny."}],
+                    "finish_reason": "stop",
+                }
+            ],
+        ),
+    ],
+)
+def test_llm_content_in_the_conventions_message_shape(args, response, messages, output) -> None:
+    from agent_trace.otel import _finish_reasons, input_messages, output_messages
+
+    got, system = input_messages(args)
+    assert got == messages
+    if "system" in args or "instructions" in args:
+        assert system == [{"type": "text", "content": "Be brief."}]
+    assert output_messages(response, _finish_reasons({}, response)) == output
+
+
+async def test_otlp_proto_and_project_name(memory_store, tmp_path) -> None:
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+    from agent_trace.otel import otlp_json_to_request, session_to_otlp_proto
+
+    sid = record_one_session()
+    events = await at.get_events(sid, store=memory_store)
+    body = session_to_otlp_proto(events, capture_content=True, project_name="research")
+    request = ExportTraceServiceRequest()
+    request.ParseFromString(body)
+    assert _attrs(request.resource_spans[0].resource)["openinference.project.name"] == "research"
+    spans = _decoded_spans(request)
+    [root] = spans["invoke_agent researcher"]
+    assert root.trace_id.hex() == events[0].event_id.replace("-", "")
+    assert _attrs(root)["input.value"] == "hi"
+    # The same request as OTLP/JSON, converted: identical.
+    doc = session_to_otlp_json(events, capture_content=True, project_name="research")
+    assert otlp_json_to_request(doc) == request
+    with pytest.raises(ValueError, match="resourceSpans"):
+        otlp_json_to_request({"spans": []})
+
+
+def test_cli_export_otlp_proto(sqlite_store, tmp_path, subprocess_env) -> None:
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+    sid = record_one_session()
+    out = tmp_path / "trace.pb"
+    url = f"sqlite:///{sqlite_store.path}"
+    options = ["--format", "otlp-proto", "--capture-content", "--project", "p1", "-o", str(out)]
+    done = subprocess.run(
+        [sys.executable, "-m", "agent_trace.cli", "--store", url, "export", sid, *options],
+        env=subprocess_env,
+        capture_output=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr.decode()
+    request = ExportTraceServiceRequest()
+    request.ParseFromString(out.read_bytes())
+    spans = _decoded_spans(request)
+    assert len([s for group in spans.values() for s in group]) == 6
+    assert _attrs(request.resource_spans[0].resource)["openinference.project.name"] == "p1"
+    assert "gen_ai.input.messages" in _attrs(spans["chat gpt-4o"][0])
+
+
+async def test_a_live_exporter_gives_each_turn_its_own_trace(memory_store) -> None:
+    # As a recorder sink the exporter sees events before the store numbers them.
+    live = InMemorySpanExporter()
+    at.configure(store=memory_store, sinks=[OTelExporter(live, batch=False)])
+    try:
+        sid = record_one_session()
+        record_one_session(sid)
+    finally:
+        at.configure(store=memory_store, sinks=[])
+    spans = live.get_finished_spans()
+    assert len(spans) == 12
+    after = build_spans(await at.get_events(sid, store=memory_store))
+    assert sorted((s.context.trace_id, s.context.span_id) for s in spans) == sorted(
+        (r.trace_id, r.span_id) for r in after
+    )
+    assert len({s.context.trace_id for s in spans}) == 2
+
+
+async def test_project_name_on_a_providers_resource(memory_store) -> None:
+    from opentelemetry.sdk.resources import Resource
+
+    sid = record_one_session()
+    sink = InMemorySpanExporter()
+    provider = TracerProvider(resource=Resource.create({"service.name": "svc"}))
+    provider.add_span_processor(SimpleSpanProcessor(sink))
+    await export_session(sid, store=memory_store, tracer_provider=provider, project_name="p2")
+    resources = {s.resource for s in sink.get_finished_spans()}
+    assert len(resources) == 1
+    [resource] = resources
+    assert resource.attributes["service.name"] == "svc"
+    assert resource.attributes["openinference.project.name"] == "p2"

@@ -189,7 +189,7 @@ def _outcome(sdk: SDK, target: Target, call: _Call, result: Any, kwargs: dict[st
             return AsyncRecordedStreamManager(result, call)
         return RecordedStreamManager(result, call)
     streamed = kwargs.get("stream") is True
-    if _is_raw_response(result):
+    if _raw_mode(kwargs) is not None and _is_raw_response(result):
         if streamed:  # the SDK builds the stream on .parse(), out of our reach
             call.wait(call.succeed(None, {"stream": True, "status": "unobserved"}))
             return result
