@@ -8,7 +8,8 @@ answer from it, a session page reads that session's events
 
 Read-only: a SQLite store is opened with ``mode=ro``; no route appends,
 except ``POST /v1/traces`` when ``otlp=True`` (OTLP/HTTP ingest through
-``agent_trace.otlp_ingest``, into a separate, writable store object).
+``agent_trace.otlp_ingest``, into a separate, writable store object; spans
+that are not GenAI spans are accepted, ignored and counted).
 
 Routes (``GET`` unless said): ``/`` sessions, ``/sessions/{id}`` one
 session (the HTML timeline), ``/compare?a=&b=``, ``/stats``;
@@ -111,6 +112,8 @@ def create_app(
         reader, writer, owned = store, (store if otlp else None), []
     index = SessionIndex()
     store_name = mask_url(url)
+    # What POST /v1/traces took in: spans that are not GenAI spans are accepted and counted.
+    otlp_counts = {"requests": 0, "spans": 0, "ignored_spans": 0, "events": 0} if otlp else None
     stop = asyncio.Event()
     wake = asyncio.Event()
 
@@ -197,7 +200,7 @@ def create_app(
         return events_a, events_b, await diff_sessions(events_a, events_b)
 
     async def stats_page(request: Request) -> Response:
-        return _Page(pages.stats_page(index, store_name))
+        return _Page(pages.stats_page(index, store_name, otlp_counts))
 
     # --- JSON API -----------------------------------------------------------------
 
@@ -276,10 +279,10 @@ def create_app(
         )
 
     async def api_stats(request: Request) -> Response:
-        return _JSON(index.stats())
+        return _JSON({**index.stats(), "otlp": otlp_counts})
 
     async def api_changes(request: Request) -> Response:
-        return _JSON(index.status())
+        return _JSON({**index.status(), "otlp": otlp_counts})
 
     # --- OTLP/HTTP in (the only route that writes) --------------------------------------
 
@@ -304,15 +307,18 @@ def create_app(
                 raise ValueError(f"unsupported content-encoding {encoding!r} (use gzip)")
         except (OSError, zlib.error, EOFError, ValueError) as exc:
             return _otlp_error(ctype, 400, f"cannot decode the request body: {exc}")
+        from agent_trace.otlp_ingest import ingest_otlp_request
+
         try:
-            from agent_trace.otlp_ingest import ingest_otlp
-        except ImportError as exc:
-            return _otlp_error(ctype, 501, f"OTLP ingest is not available here: {exc}")
-        try:
-            written = await ingest_otlp(body, ctype, writer)
+            batch = await ingest_otlp_request(body, ctype, writer)
         except ValueError as exc:
             return _otlp_error(ctype, 400, f"bad OTLP payload: {exc}")
-        if written:
+        assert otlp_counts is not None
+        otlp_counts["requests"] += 1
+        otlp_counts["spans"] += batch.spans
+        otlp_counts["ignored_spans"] += batch.ignored
+        otlp_counts["events"] += batch.written
+        if batch.written:
             wake.set()  # the index picks the new events up now, not at its next poll
         # An ExportTraceServiceResponse with nothing rejected: empty in both encodings.
         if ctype == "application/json":

@@ -372,8 +372,8 @@ def _point_cell(session_id: str, p: DecisionPoint | None) -> str:
 # --- stats ----------------------------------------------------------------------------
 
 
-def stats_page(index: SessionIndex, store_name: str) -> str:
-    """Tools, models, tokens, cost and sessions per day across the store."""
+def stats_page(index: SessionIndex, store_name: str, otlp: dict[str, int] | None = None) -> str:
+    """Tools, models, tokens, cost and sessions per day across the store (and OTLP in)."""
     st = index.stats()
     totals = [
         ("sessions", num(st["sessions"])),
@@ -448,6 +448,13 @@ def stats_page(index: SessionIndex, store_name: str) -> str:
         for title, name, columns, rows in tables
     )
     main = f'<div class="totals">{boxes}</div>\n{sections}'
+    if otlp is not None:
+        main += (
+            f'\n<p class="hint" id="otlp-counts">OTLP in since this server started: '
+            f"{num(otlp['requests'])} requests, {num(otlp['spans'])} GenAI spans recorded as "
+            f"{num(otlp['events'])} new events, {num(otlp['ignored_spans'])} other spans "
+            "ignored.</p>"
+        )
     return _layout("Stats", "stats", main, index, store_name, live=True)
 
 
