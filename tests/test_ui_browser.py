@@ -99,9 +99,9 @@ def test_ui_in_headless_chromium(tmp_path):
             assert marked.locator(".first-divergence").inner_text() == "first divergence"
             assert "different choice" in page.locator("#verdict").inner_text()
             marked.locator("td.point").nth(1).click()
-            page.wait_for_function(
-                "document.getElementById('payload').textContent.includes('calculator')"
-            )
+            # (A locator wait: the page's policy forbids the eval a wait_for_function needs.)
+            page.locator("#payload-title", has_text="run-b · v6").wait_for()
+            assert '"calculator"' in page.locator("#payload").inner_text()
             assert "run-b · v6 decision_made" in page.locator("#payload-title").inner_text()
             shots["compare"] = page.screenshot()
 
