@@ -48,6 +48,7 @@ from agent_trace.stores import open_store
 from agent_trace.upcasting import register_upcaster
 
 if TYPE_CHECKING:
+    from agent_trace.integrations._agents import Instrumentation as FrameworkInstrumentation
     from agent_trace.integrations._sdk import Instrumentation
 
 
@@ -83,6 +84,9 @@ __all__ = [
     "get_events",
     "get_events_sync",
     "ingest",
+    "instrument_langchain",
+    "instrument_openai_agents",
+    "instrument_pydantic_ai",
     "ingest_sync",
     "instrument_anthropic",
     "instrument_openai",
@@ -102,3 +106,48 @@ __all__ = [
     "verify_session",
     "verify_store",
 ]
+
+
+# --- agent frameworks: each integration is imported only when asked for ---------------
+
+
+def instrument_pydantic_ai(agent: Any = None) -> FrameworkInstrumentation:
+    """Record every pydantic-ai ``Agent`` run (or ``agent``'s): model requests, tools, runs.
+
+    Returns a handle with ``.uninstrument()``. Needs the ``pydantic-ai`` extra.
+    """
+    from agent_trace.integrations._agents import missing_extra
+
+    try:
+        from agent_trace.integrations import pydantic_ai
+    except ImportError as exc:
+        raise missing_extra("pydantic-ai", "pydantic-ai", exc) from exc
+    return pydantic_ai.instrument(agent)
+
+
+def instrument_langchain() -> FrameworkInstrumentation:
+    """Record LangChain/LangGraph chat model calls, tool calls and graph runs.
+
+    Returns a handle with ``.uninstrument()``. Needs the ``langchain`` extra.
+    """
+    from agent_trace.integrations._agents import missing_extra
+
+    try:
+        from agent_trace.integrations import langchain
+    except ImportError as exc:
+        raise missing_extra("langchain-core and langgraph", "langchain", exc) from exc
+    return langchain.instrument()
+
+
+def instrument_openai_agents() -> FrameworkInstrumentation:
+    """Record OpenAI Agents SDK runs: agents, handoffs, guardrails, tools, model calls.
+
+    Returns a handle with ``.uninstrument()``. Needs the ``openai-agents`` extra.
+    """
+    from agent_trace.integrations._agents import missing_extra
+
+    try:
+        from agent_trace.integrations import openai_agents
+    except ImportError as exc:
+        raise missing_extra("the OpenAI Agents SDK", "openai-agents", exc) from exc
+    return openai_agents.instrument()

@@ -47,7 +47,13 @@ __all__ = ["main"]
 PROG = "agent-trace"
 #: Events per ``read_all`` page when following or scanning the log.
 PAGE = 5000
-_KIND_STYLE = {"decision": "magenta", "tool": "green", "llm": "blue", "call": "white"}
+_KIND_STYLE = {
+    "decision": "magenta",
+    "tool": "green",
+    "llm": "blue",
+    "agent": "cyan",
+    "call": "white",
+}
 
 
 class UsageError(Exception):

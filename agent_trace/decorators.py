@@ -76,6 +76,8 @@ class _Recorded:
         "capture_result",
         "defaults",
         "defaults_after_self",
+        "exclude",
+        "ignore",
         "kind",
         "model",
         "name",
@@ -99,6 +101,8 @@ class _Recorded:
         redact: Iterable[str],
         model: str | None = None,
         usage: Callable[[Any], Mapping[str, Any] | None] | None = None,
+        exclude_args: Iterable[str] = (),
+        ignore: Iterable[str] = (),
     ) -> None:
         self.kind = kind
         self.name = name or getattr(func, "__name__", None) or repr(func)
@@ -111,6 +115,12 @@ class _Recorded:
                 self.signature = None
         self.capture_args = capture_args
         self.capture_result = capture_result
+        if isinstance(exclude_args, str):
+            raise TypeError(f"exclude_args= takes a list of names, e.g. ({exclude_args!r},)")
+        # Arguments left out of the record, and so out of replay's comparison.
+        self.exclude = frozenset(exclude_args)
+        # Keys (at any depth of the args) whose values replay does not compare.
+        self.ignore = frozenset(ignore)
         self.opts_redact = frozenset(k.lower() for k in redact)
         self._options: tuple[CaptureOptions, CaptureOptions] | None = None
         self.model = model
@@ -170,7 +180,7 @@ class _Recorded:
                     for k, v in defaults.items():
                         if k not in bound:
                             bound[k] = v
-                return bound
+                return self._without_excluded(bound) if self.exclude else bound
         if self.signature is None:
             return {"args": list(args), "kwargs": dict(kwargs)}
         try:
@@ -181,7 +191,20 @@ class _Recorded:
         bound = dict(ba.arguments)
         if skip:
             bound.pop(self.names[0], None)
-        return bound
+        return self._without_excluded(bound) if self.exclude else bound
+
+    def _without_excluded(self, bound: dict[str, Any]) -> dict[str, Any]:
+        """``bound`` minus the ``exclude_args`` names (``**kwargs`` entries included)."""
+        out = {}
+        for k, v in bound.items():
+            if k in self.exclude:
+                continue
+            if isinstance(v, dict) and self.signature is not None:
+                param = self.signature.parameters.get(k)
+                if param is not None and param.kind is inspect.Parameter.VAR_KEYWORD:
+                    v = {kk: vv for kk, vv in v.items() if kk not in self.exclude}
+            out[k] = v
+        return out
 
 
 class _Call:
@@ -227,7 +250,9 @@ class _Call:
         # replayer raises ReplayDivergence here, before anything runs.
         replayer = _replay.get()
         self.mock = (
-            None if replayer is None else replayer.lookup(recorded.kind.label, recorded.name, args)
+            None
+            if replayer is None
+            else replayer.lookup(recorded.kind.label, recorded.name, args, recorded.ignore)
         )
 
     def _emit(self, event_type: str, body: dict[str, Any]) -> int:
@@ -740,7 +765,7 @@ def extract_usage(response: Any) -> dict[str, int]:
 
 # --- calls recorded by name (the SDK integrations) -------------------------------
 
-_named: dict[tuple[str, str, frozenset[str]], _Recorded] = {}
+_named: dict[tuple[str, str, frozenset[str], frozenset[str]], _Recorded] = {}
 
 
 def start_call(
@@ -750,22 +775,25 @@ def start_call(
     fields: dict[str, Any] | None = None,
     *,
     redact: Iterable[str] = (),
+    ignore: Iterable[str] = (),
 ) -> _Call | None:
     """Begin a recorded call that no decorated function stands for; None outside a session.
 
     For integrations that see a call through a framework's hook. ``fields`` go
     into every event of the call (e.g. ``provider`` and ``model``). Under
-    replay the returned call's ``mock`` holds the recorded outcome to serve.
+    replay the returned call's ``mock`` holds the recorded outcome to serve;
+    ``ignore`` names arg keys (at any depth) whose values replay does not
+    compare, such as a framework's per-run ids.
     The caller emits the started event with ``start()`` and ends the call
     with ``succeed``/``fail``; the call's span is ``call.span``.
     """
     sess = _session.get()
     if sess is None:
         return None
-    key = (kind.label, name, frozenset(redact))
+    key = (kind.label, name, frozenset(redact), frozenset(ignore))
     recorded = _named.get(key)
     if recorded is None:
-        recorded = _named[key] = _Recorded(None, kind, name, True, True, redact)
+        recorded = _named[key] = _Recorded(None, kind, name, True, True, redact, ignore=ignore)
     return _Call(recorded, sess.id, args, fields)
 
 
@@ -788,6 +816,7 @@ def record_tool(
     capture_args: bool = True,
     capture_result: bool = True,
     redact: Iterable[str] = (),
+    exclude_args: Iterable[str] = (),
 ) -> Callable[[F], F]: ...
 def record_tool(
     func: Any = None,
@@ -797,10 +826,19 @@ def record_tool(
     capture_args: bool = True,
     capture_result: bool = True,
     redact: Iterable[str] = (),
+    exclude_args: Iterable[str] = (),
 ) -> Any:
-    """Record each call as ``tool_started`` then ``tool_executed`` or ``tool_failed``."""
+    """Record each call as ``tool_started`` then ``tool_executed`` or ``tool_failed``.
+
+    ``exclude_args=("db", ...)``: those arguments are neither recorded nor
+    compared in replay (clients, connections, framework context objects)."""
     deco = _make(
-        TOOL, name=name, capture_args=capture_args, capture_result=capture_result, redact=redact
+        TOOL,
+        name=name,
+        capture_args=capture_args,
+        capture_result=capture_result,
+        redact=redact,
+        exclude_args=exclude_args,
     )
     return deco if func is None else deco(func)
 
@@ -814,6 +852,7 @@ def record_decision(
     capture_args: bool = True,
     capture_result: bool = True,
     redact: Iterable[str] = (),
+    exclude_args: Iterable[str] = (),
 ) -> Callable[[F], F]: ...
 def record_decision(
     func: Any = None,
@@ -823,12 +862,18 @@ def record_decision(
     capture_args: bool = True,
     capture_result: bool = True,
     redact: Iterable[str] = (),
+    exclude_args: Iterable[str] = (),
 ) -> Any:
     """Record each call as one ``decision_made`` (choice = the return value) or
     ``decision_failed``. ``reasoning`` is taken from the result's ``reasoning``
     key or attribute when it has one."""
     deco = _make(
-        DECISION, name=name, capture_args=capture_args, capture_result=capture_result, redact=redact
+        DECISION,
+        name=name,
+        capture_args=capture_args,
+        capture_result=capture_result,
+        redact=redact,
+        exclude_args=exclude_args,
     )
     return deco if func is None else deco(func)
 
@@ -844,6 +889,7 @@ def record_llm(
     capture_args: bool = True,
     capture_result: bool = True,
     redact: Iterable[str] = (),
+    exclude_args: Iterable[str] = (),
 ) -> Callable[[F], F]: ...
 def record_llm(
     func: Any = None,
@@ -855,6 +901,7 @@ def record_llm(
     capture_args: bool = True,
     capture_result: bool = True,
     redact: Iterable[str] = (),
+    exclude_args: Iterable[str] = (),
 ) -> Any:
     """Record each call as ``llm_started`` then ``llm_responded`` (with ``usage``)
     or ``llm_failed``. Async generators are recorded as one streamed response."""
@@ -866,6 +913,7 @@ def record_llm(
         capture_args=capture_args,
         capture_result=capture_result,
         redact=redact,
+        exclude_args=exclude_args,
     )
     return deco if func is None else deco(func)
 

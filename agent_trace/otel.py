@@ -196,6 +196,9 @@ class _SpanBuilder:
             else:
                 done.append(self._end_call(ev, kind, phase, ts, trace_id))
             return
+        if etype in ("agent_started", "agent_finished"):  # an agent framework's run
+            self._agent_run(ev, etype, ts, trace_id, done)
+            return
         if etype in ("decision_made", "decision_failed"):
             span = self._new_call_span(ev, ts - _duration_ns(p), trace_id)
             name = str(p.get("decision") or "decision")
@@ -229,6 +232,31 @@ class _SpanBuilder:
             if self.capture_content:
                 attrs["agent_trace.payload"] = _json(p)
             target.events.append((etype, ts, attrs))
+
+    def _agent_run(
+        self, ev: AgentEvent, etype: str, ts: int, trace_id: int, done: list[SpanRecord]
+    ) -> None:
+        """``invoke_agent {agent}``: the parent of the run's LLM and tool spans."""
+        p = ev.payload
+        key = (ev.session_id, ev.span_id or ev.event_id)
+        if etype == "agent_started":
+            span = self._new_call_span(ev, ts, trace_id)
+            agent = str(p.get("agent") or "agent")
+            span.name = f"invoke_agent {agent}"
+            span.attributes.update(
+                {
+                    "gen_ai.operation.name": "invoke_agent",
+                    "gen_ai.agent.name": agent,
+                    "openinference.span.kind": "AGENT",
+                }
+            )
+            self._open[key] = span
+            return
+        span = self._open.pop(key, None) or self._new_call_span(ev, ts - _duration_ns(p), trace_id)
+        span.end_ns = max(ts, span.start_ns)
+        if p.get("status") not in (None, "ok"):
+            _fail(span, {"error_type": p.get("error_type") or p.get("status"), **p}, span.end_ns)
+        done.append(span)
 
     def _new_call_span(self, ev: AgentEvent, start_ns: int, trace_id: int) -> SpanRecord:
         sid = ev.session_id

@@ -632,8 +632,11 @@ _SPAN_KINDS = {
     "llm_failed": "llm",
     "decision_made": "decision",
     "decision_failed": "decision",
+    # An agent framework's run (agent_trace.integrations): the parent of its calls.
+    "agent_started": "agent",
+    "agent_finished": "agent",
 }
-_NAME_KEYS = {"tool": "tool", "llm": "name", "decision": "decision"}
+_NAME_KEYS = {"tool": "tool", "llm": "name", "decision": "decision", "agent": "agent"}
 
 
 @dataclass
@@ -642,7 +645,7 @@ class SpanNode:
 
     span_id: str
     parent_span_id: str | None
-    kind: str | None = None  # tool, llm, decision; None if only seen as a parent
+    kind: str | None = None  # tool, llm, decision, agent; None if only seen as a parent
     name: str | None = None
     status: str = "running"  # running, ok, error
     started_at: str | None = None
@@ -695,7 +698,7 @@ class SpanTree(Projection[dict[str, Any]]):
         d = p.get("duration_ms")
         if isinstance(d, (int, float)) and not isinstance(d, bool):
             s["duration_ms"] = d
-        if t.endswith("_failed"):
+        if t.endswith("_failed") or (kind == "agent" and p.get("status") not in (None, "ok")):
             s["status"] = "error"
             s["error"] = _error_text(t, p)
         else:

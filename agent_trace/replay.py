@@ -17,8 +17,9 @@
 Matching: per kind and name, the next recorded call in order; a call
 recorded concurrently with it (started before it ended, e.g. under
 ``asyncio.gather``) may be taken instead when its args match. Args compare
-as captured JSON; a recorded ``[REDACTED]`` matches anything, and strings
-holding JSON compare by value.
+as captured JSON; a recorded ``[REDACTED]`` matches anything, the values of
+keys given in ``ignore=`` (or by an integration for its volatile ids) match
+anything, and strings holding JSON compare by value.
 
 Served values are the recorded JSON, not the original objects: a mapping
 comes back as a ``RecordedDict`` (a ``dict`` that also allows attribute
@@ -511,8 +512,9 @@ def _split_chunks(outcome: dict[str, Any], joined: Any) -> list[Any]:
     return out
 
 
-def _same(expected: Any, actual: Any) -> bool:
-    """Captured args equal; a recorded ``[REDACTED]`` matches anything.
+def _same(expected: Any, actual: Any, ignore: frozenset[str] = frozenset()) -> bool:
+    """Captured args equal; a recorded ``[REDACTED]`` matches anything, and so
+    does the value of a key in ``ignore`` (at any depth).
 
     Strings holding JSON compare by value: the store keeps object keys sorted,
     so an agent that ``json.dumps`` a replayed result gets another key order.
@@ -521,13 +523,15 @@ def _same(expected: Any, actual: Any) -> bool:
         return True
     if isinstance(expected, dict) and isinstance(actual, dict):
         return expected.keys() == actual.keys() and all(
-            _same(v, actual[k]) for k, v in expected.items()
+            k in ignore or _same(v, actual[k], ignore) for k, v in expected.items()
         )
     if isinstance(expected, list) and isinstance(actual, list):
-        return len(expected) == len(actual) and all(map(_same, expected, actual))
+        return len(expected) == len(actual) and all(
+            _same(e, a, ignore) for e, a in zip(expected, actual, strict=True)
+        )
     if isinstance(expected, str) and isinstance(actual, str):
         e, a = _json_in(expected), _json_in(actual)
-        return e is not _NO_JSON and a is not _NO_JSON and _same(e, a)
+        return e is not _NO_JSON and a is not _NO_JSON and _same(e, a, ignore)
     return False
 
 
@@ -546,9 +550,11 @@ def _json_in(text: str) -> Any:
 _ABSENT = object()  # a key one side of a difference does not have
 
 
-def _first_difference(expected: Any, actual: Any, path: str = "args") -> tuple[str, Any, Any]:
+def _first_difference(
+    expected: Any, actual: Any, path: str = "args", ignore: frozenset[str] = frozenset()
+) -> tuple[str, Any, Any]:
     """Where two captured values first differ (e.g. ``args.messages[2].content``) and the
-    values found there; a missing key's side is ``_ABSENT``."""
+    values found there; a missing key's side is ``_ABSENT``. Keys in ``ignore`` never differ."""
     if isinstance(expected, dict) and isinstance(actual, dict):
         for k in expected.keys() | actual.keys():
             if k not in actual:
@@ -556,18 +562,20 @@ def _first_difference(expected: Any, actual: Any, path: str = "args") -> tuple[s
             if k not in expected:
                 return f"{path}.{k}", _ABSENT, actual[k]
         for k, v in expected.items():
-            if not _same(v, actual[k]):
-                return _first_difference(v, actual[k], f"{path}.{k}")
+            if k not in ignore and not _same(v, actual[k], ignore):
+                return _first_difference(v, actual[k], f"{path}.{k}", ignore)
     if isinstance(expected, list) and isinstance(actual, list):
         for i, (e, a) in enumerate(zip(expected, actual, strict=False)):
-            if not _same(e, a):
-                return _first_difference(e, a, f"{path}[{i}]")
+            if not _same(e, a, ignore):
+                return _first_difference(e, a, f"{path}[{i}]", ignore)
     return path, expected, actual
 
 
-def _difference(expected: Any, actual: Any, path: str = "args") -> str:
+def _difference(
+    expected: Any, actual: Any, path: str = "args", ignore: frozenset[str] = frozenset()
+) -> str:
     """Where two arg values first differ, in words."""
-    where, e, a = _first_difference(expected, actual, path)
+    where, e, a = _first_difference(expected, actual, path, ignore)
     if a is _ABSENT:
         return f"{where}: missing (expected {_short(e, 80)})"
     if e is _ABSENT:
@@ -594,13 +602,15 @@ class CallDivergence:
     step: int | None
     expected: Any
     actual: Any
+    ignore: frozenset[str] = frozenset()  # keys whose values did not count
 
     def describe(self) -> str:
         where = f"step {self.step}" if self.step is not None else "the end of the recording"
         head = f"replay of {self.replay_of!r} diverged at {where} ({self.kind} {self.name!r})"
         if self.reason == "args_differ":
             return (
-                f"{head}: args differ at {_difference(self.expected, self.actual)}\n"
+                f"{head}: args differ at "
+                f"{_difference(self.expected, self.actual, ignore=self.ignore)}\n"
                 f"  expected: {_short(self.expected)}\n  actual:   {_short(self.actual)}"
             )
         if self.reason == "unexpected_call":
@@ -652,8 +662,10 @@ class _Replayer:
         strict: bool,
         until_version: int | None,
         decode: Callable[[RecordedCall, Any], Any],
+        ignore: frozenset[str] = frozenset(),
     ) -> None:
         self.recording = recording
+        self.ignore = ignore
         self.mock = mock
         self.strict = strict
         self.fork = until_version is not None
@@ -685,10 +697,17 @@ class _Replayer:
             if is_served(call):
                 self.queues.setdefault((call.kind, call.name), []).append(call)
 
-    def lookup(self, kind: str, name: str, args: dict[str, Any]) -> _Served | None:
-        """The recorded outcome for this call, or None to run it live."""
+    def lookup(
+        self, kind: str, name: str, args: dict[str, Any], ignore: frozenset[str] = frozenset()
+    ) -> _Served | None:
+        """The recorded outcome for this call, or None to run it live.
+
+        ``ignore``: keys whose values do not count for this call (an
+        integration's volatile ids), on top of the replay's own ``ignore``.
+        """
         if kind not in self.mock:
             return None
+        ignore = self.ignore | ignore if ignore else self.ignore
         actual = orjson.loads(capture(args, get_recorder().capture_options))
         with self.lock:
             queue = self.queues.get((kind, name))
@@ -699,7 +718,7 @@ class _Replayer:
                 for i, call in enumerate(queue):
                     if i and head_end is not None and call.version > head_end:
                         break
-                    if call.args is None or _same(call.args, actual):
+                    if call.args is None or _same(call.args, actual, ignore):
                         del queue[i]
                         if not call.finished:  # the recording stops inside this call
                             return None
@@ -714,6 +733,7 @@ class _Replayer:
                     expected.version,
                     expected.args,
                     actual,
+                    ignore,
                 )
             elif self.fork:  # past the fork point: live
                 return None
@@ -764,9 +784,10 @@ class replay:
     made or a divergence the agent swallowed. ``strict=False``: the call runs
     live and a ``replay_diverged`` event is recorded; ``r.divergences`` lists
     them. ``until_version=N`` serves calls recorded up to version N and runs
-    live after (a fork). ``store=`` is where the recording is read from (a
-    ``Recording`` or a list of events may be given instead of an id); the
-    replay records into the configured store.
+    live after (a fork). ``ignore=("id", ...)``: keys, at any depth of the
+    args, whose values do not count as a divergence. ``store=`` is where the
+    recording is read from (a ``Recording`` or a list of events may be given
+    instead of an id); the replay records into the configured store.
     """
 
     def __init__(
@@ -779,6 +800,7 @@ class replay:
         until_version: int | None = None,
         replay_id: str | None = None,
         decode: Callable[[RecordedCall, Any], Any] | None = None,
+        ignore: Iterable[str] = (),
         **metadata: Any,
     ) -> None:
         self._given: Recording | None = None
@@ -796,6 +818,9 @@ class replay:
         self.id = replay_id or uuid7()
         self._store = store
         self._decode = _decoder(decode)
+        if isinstance(ignore, str):
+            raise TypeError("replay(ignore=...) takes a list of keys, e.g. ignore=('id',)")
+        self.ignore = frozenset(ignore)
         self._metadata = metadata
         self.recording: Recording | None = None
         self._replayer: _Replayer | None = None
@@ -820,7 +845,7 @@ class replay:
             raise RuntimeError("this replay() object is already entered; create a new one")
         self.recording = recording
         self._replayer = _Replayer(
-            recording, self.mock, self.strict, self.until_version, self._decode
+            recording, self.mock, self.strict, self.until_version, self._decode, self.ignore
         )
         meta = {"replay_of": self.replay_of, **self._metadata}
         if self.until_version is not None:
