@@ -45,6 +45,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CostPerModel",
+    "KeyedProjection",
     "ModelUsage",
     "Projection",
     "ProjectionConflict",
@@ -131,6 +132,43 @@ def _handler(cls: type, event_type: str) -> Callable[..., Any] | None:
         name = "on_" + event_type.replace(".", "_").replace(":", "_").replace("-", "_")
         found = _handlers[key] = getattr(cls, name, None)
         return found
+
+
+class KeyedProjection(Projection[dict[str, Any]]):
+    """A view made of independent entries, one per key: a session, a tool, a model.
+
+    Define ``key(event)`` (the entry the event changes, a string; None: no
+    entry) and ``apply_entry(entry, event)`` (the entry after the event;
+    ``entry`` is None for a new key; return None to remove it). The state is
+    ``{key: entry}`` and ``apply`` is derived from the two, so ``fold`` and
+    ``rebuild`` work as for any view. A ``ProjectionRunner`` saves only the
+    entries its events touched since its last save (on stores with
+    ``save_projection_entries``), so a checkpoint costs what changed, not the
+    whole view. Entries must be JSON data, like any runner's state.
+    """
+
+    def initial(self) -> dict[str, Any]:
+        return {}
+
+    def key(self, event: AgentEvent) -> str | None:
+        """The key of the entry ``event`` changes, or None if it changes none."""
+        raise NotImplementedError(f"{type(self).__name__} must define key(event)")
+
+    def apply_entry(self, entry: Any, event: AgentEvent) -> Any:
+        """The entry after ``event`` (``entry`` None: a new key); None removes it."""
+        raise NotImplementedError(f"{type(self).__name__} must define apply_entry(entry, event)")
+
+    def apply(self, state: dict[str, Any], event: AgentEvent) -> dict[str, Any]:
+        """``state`` with the entry of ``key(event)`` replaced by ``apply_entry``."""
+        key = self.key(event)
+        if key is None:
+            return state
+        entry = self.apply_entry(state.get(key), event)
+        if entry is None:
+            state.pop(key, None)
+        else:
+            state[key] = entry
+        return state
 
 
 def fold(projection: Projection[S], events: Iterable[AgentEvent], state: Any = None) -> S:
@@ -413,18 +451,26 @@ async def session_summary(session_id: str, store: EventStore | str | None = None
     return build_session_summary(events, session_id)
 
 
-class SessionSummaries(Projection[dict[str, Any]]):
+class SessionSummaries(KeyedProjection):
     """Every session's summary as a dict keyed by session id (runner-friendly JSON).
 
     Read a value back with ``SessionSummary.from_dict(state[session_id])``
     (``duration_ms`` stays None until the session ends), or use
-    :func:`session_summaries`.
+    :func:`session_summaries`. One entry per session: a runner saves only
+    the sessions that changed.
     """
 
-    def initial(self) -> dict[str, Any]:
-        return {}
+    def key(self, event: AgentEvent) -> str:
+        return event.session_id
+
+    def apply_entry(self, entry: dict[str, Any] | None, event: AgentEvent) -> dict[str, Any]:
+        if entry is None:
+            entry = _new_summary(event.session_id)
+        _apply_summary(entry, event)
+        return entry
 
     def apply(self, state: dict[str, Any], event: AgentEvent) -> dict[str, Any]:
+        # key + apply_entry inlined: this fold runs over every event of a rebuild.
         s = state.get(event.session_id)
         if s is None:
             s = state[event.session_id] = _new_summary(event.session_id)
@@ -484,28 +530,26 @@ class ToolStats:
         return self.failures / self.calls if self.calls else 0.0
 
 
-class ToolStatsProjection(Projection[dict[str, Any]]):
+class ToolStatsProjection(KeyedProjection):
     """Per tool: ``{"calls", "failures", "durations"}`` from ``tool_executed``/``tool_failed``."""
 
-    def initial(self) -> dict[str, Any]:
-        return {}
-
-    def apply(self, state: dict[str, Any], event: AgentEvent) -> dict[str, Any]:
+    def key(self, event: AgentEvent) -> str | None:
         t = event.event_type
-        if t == "tool_executed" or t == "tool_failed":
-            p = event.payload
-            name = p.get("tool")
-            name = name if isinstance(name, str) else "?"
-            s = state.get(name)
-            if s is None:
-                s = state[name] = {"calls": 0, "failures": 0, "durations": []}
-            s["calls"] += 1
-            if t == "tool_failed":
-                s["failures"] += 1
-            d = p.get("duration_ms")
-            if isinstance(d, (int, float)) and not isinstance(d, bool):
-                s["durations"].append(d)
-        return state
+        if t != "tool_executed" and t != "tool_failed":
+            return None
+        name = event.payload.get("tool")
+        return name if isinstance(name, str) else "?"
+
+    def apply_entry(self, entry: dict[str, Any] | None, event: AgentEvent) -> dict[str, Any]:
+        if entry is None:
+            entry = {"calls": 0, "failures": 0, "durations": []}
+        entry["calls"] += 1
+        if event.event_type == "tool_failed":
+            entry["failures"] += 1
+        d = event.payload.get("duration_ms")
+        if isinstance(d, (int, float)) and not isinstance(d, bool):
+            entry["durations"].append(d)
+        return entry
 
     @staticmethod
     def stats(state: dict[str, Any]) -> dict[str, ToolStats]:
@@ -559,7 +603,7 @@ class ModelUsage:
     reasoning_tokens: int = 0
 
 
-class CostPerModel(Projection[dict[str, Any]]):
+class CostPerModel(KeyedProjection):
     """LLM calls, tokens and cost per model, from ``llm_responded``/``llm_failed``.
 
     The model is the one that answered (``response_model``), else the one
@@ -573,20 +617,18 @@ class CostPerModel(Projection[dict[str, Any]]):
             model: ModelPrices(float(p[0]), float(p[1])) for model, p in (prices or {}).items()
         }
 
-    def initial(self) -> dict[str, Any]:
-        return {}
-
-    def apply(self, state: dict[str, Any], event: AgentEvent) -> dict[str, Any]:
+    def key(self, event: AgentEvent) -> str | None:
         t = event.event_type
         if t != "llm_responded" and t != "llm_failed":
-            return state
+            return None
         p = event.payload
         model = p.get("response_model") or p.get("model")
-        if not isinstance(model, str):
-            model = "unknown"
-        m = state.get(model)
+        return model if isinstance(model, str) else "unknown"
+
+    def apply_entry(self, entry: dict[str, Any] | None, event: AgentEvent) -> dict[str, Any]:
+        m = entry
         if m is None:
-            m = state[model] = {
+            m = {
                 "calls": 0,
                 "failures": 0,
                 "input_tokens": 0,
@@ -598,9 +640,10 @@ class CostPerModel(Projection[dict[str, Any]]):
                 "cost": None,
             }
         m["calls"] += 1
-        if t == "llm_failed":
+        if event.event_type == "llm_failed":
             m["failures"] += 1
-            return state
+            return m
+        p = event.payload
         usage = p.get("usage")
         if isinstance(usage, dict):
             inp, out = _int(usage.get("input_tokens")), _int(usage.get("output_tokens"))
@@ -610,11 +653,11 @@ class CostPerModel(Projection[dict[str, Any]]):
             m["total_tokens"] += _int(total) if total is not None else inp + out
             for key in ("cache_read_tokens", "cache_write_tokens", "reasoning_tokens"):
                 m[key] = m.get(key, 0) + _int(usage.get(key))
-            own = self.prices.get(model)
+            own = self.prices.get(self.key(event) or "unknown")
             cost = own.cost(usage) if own is not None else llm_cost(event)
             if cost is not None:
                 m["cost"] = (m.get("cost") or 0.0) + cost
-        return state
+        return m
 
     def usage(self, state: dict[str, Any]) -> dict[str, ModelUsage]:
         """The state as ``ModelUsage`` per model."""
@@ -749,6 +792,11 @@ class ProjectionRunner(Generic[S]):
     checkpoint the runner started from. A crash loses only unsaved pages
     (redone from the saved checkpoint); a second runner with the same name
     that saves first makes this one raise ``ProjectionConflict``.
+
+    A ``KeyedProjection`` on a store with ``save_projection_entries`` (every
+    bundled store) saves only the entries the page touched, so
+    a page costs the same whatever the view's size: the run is linear in
+    events. Any other view (or store) saves its whole state per page.
     """
 
     def __init__(
@@ -781,6 +829,12 @@ class ProjectionRunner(Generic[S]):
     async def _load(self) -> tuple[Any, int]:
         state_json, checkpoint = await self.store.load_projection(self.name)
         state = self.projection.initial() if state_json is None else orjson.loads(state_json)
+        if isinstance(self.projection, KeyedProjection) and not isinstance(state, dict):
+            raise TypeError(
+                f"projection {self.name!r} holds a saved {type(state).__name__}, not the JSON "
+                f"object a {type(self.projection).__name__} keeps: was the name used by "
+                "another view?"
+            )
         return state, checkpoint
 
     async def state(self) -> S:
@@ -798,21 +852,24 @@ class ProjectionRunner(Generic[S]):
                 self._cached = await self._load()
             state, checkpoint = self._cached
             applied = 0
-            apply = self.projection.apply
+            keyed = isinstance(self.projection, KeyedProjection)
+            save_entries = getattr(self.store, "save_projection_entries", None) if keyed else None
             try:
                 with _fewer_gc_passes():
                     while True:
                         page = await self.store.read_all(checkpoint, self.batch_size)
                         if not page:
                             break
-                        for ev in page:
-                            try:
-                                state = apply(state, ev)
-                            except Exception as exc:
-                                raise ProjectionError(self.name, ev, exc) from exc
                         last = page[-1].position
-                        state_json = orjson.dumps(state).decode()
-                        await self.store.save_projection(self.name, state_json, last, checkpoint)
+                        if save_entries is not None:
+                            changed = self._fold_entries(state, page)
+                            await save_entries(self.name, changed, last, checkpoint)
+                        else:
+                            state = self._fold(state, page)
+                            state_json = orjson.dumps(state).decode()
+                            await self.store.save_projection(
+                                self.name, state_json, last, checkpoint
+                            )
                         checkpoint = last
                         self._cached = (state, checkpoint)
                         applied += len(page)
@@ -822,6 +879,39 @@ class ProjectionRunner(Generic[S]):
                 self._cached = None
                 raise
             return applied
+
+    def _fold(self, state: Any, page: list[AgentEvent]) -> Any:
+        apply = self.projection.apply
+        for ev in page:
+            try:
+                state = apply(state, ev)
+            except Exception as exc:
+                raise ProjectionError(self.name, ev, exc) from exc
+        return state
+
+    def _fold_entries(self, state: dict[str, Any], page: list[AgentEvent]) -> dict[str, str | None]:
+        """Fold ``page`` into ``state`` entry by entry; the touched entries as JSON (None: gone)."""
+        projection = self.projection
+        assert isinstance(projection, KeyedProjection)
+        key_of, apply_entry = projection.key, projection.apply_entry
+        touched: set[str] = set()
+        for ev in page:
+            try:
+                key = key_of(ev)
+                if key is None:
+                    continue
+                if type(key) is not str:
+                    raise TypeError(f"key() returned {key!r}, not a str")
+                entry = apply_entry(state.get(key), ev)
+            except Exception as exc:
+                raise ProjectionError(self.name, ev, exc) from exc
+            if entry is None:
+                state.pop(key, None)
+            else:
+                state[key] = entry
+            touched.add(key)
+        dumps = orjson.dumps
+        return {k: dumps(state[k]).decode() if k in state else None for k in touched}
 
     async def run_forever(
         self, poll_interval: float = 0.5, *, stop: asyncio.Event | None = None

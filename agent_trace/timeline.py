@@ -6,6 +6,17 @@ template): it opens offline, from a file or an e-mail attachment, and never
 loads anything from the network. ``timeline_data(events)`` is the JSON the
 page draws, for tests and other front ends.
 
+Large sessions: the page embeds spans and events as rows of values and each
+payload as one line of a plain-text script element, parsed only when its
+event is clicked, and draws only the rows in view. A 50,000-event session
+opens in about a second (``benchmarks/bench_read_side.py``).
+
+Time axis: every position comes from the events' wall-clock timestamps. A
+recorded ``duration_ms`` is measured with ``perf_counter`` and the end event
+is stamped a little after it is measured, so "end minus duration" lands late:
+it only places a span that has no other start (a decision without recorded
+calls inside it); a span with children starts no later than its first child.
+
 Pure: reads nothing, writes nothing (the CLI's ``html`` command does the I/O).
 Span structure and totals come from ``agent_trace.projections``; this module
 only adds what a drawing needs (offsets on a time axis, a label per span).
@@ -27,6 +38,7 @@ __all__ = ["render_html", "timeline_data"]
 
 _DATA_MARKER = "/*__AGENT_TRACE_DATA__*/null"
 _TITLE_MARKER = "__AGENT_TRACE_TITLE__"
+_PAYLOADS_MARKER = "__AGENT_TRACE_PAYLOADS__"
 _NAV_MARKER = "<!--__AGENT_TRACE_NAV__-->"
 
 
@@ -44,10 +56,14 @@ def timeline_data(events: Iterable[AgentEvent]) -> dict[str, Any]:
         if ev.span_id is not None:
             by_span.setdefault(ev.span_id, []).append(ev)
 
-    spans = []
-    for root in build_span_tree(events):
-        for depth, node in root.walk():
-            spans.append(_span(node, depth, by_span.get(node.span_id, []), t0, t_end))
+    def subtree(node: SpanNode, depth: int) -> list[dict[str, Any]]:
+        """The node's span then its descendants', depth first; children placed first."""
+        below = [span for child in node.children for span in subtree(child, depth + 1)]
+        first_child = min((s["start_ms"] for s in below if s["depth"] == depth + 1), default=None)
+        me = _span(node, depth, by_span.get(node.span_id, []), t0, t_end, first_child)
+        return [me, *below]
+
+    spans = [span for root in build_span_tree(events) for span in subtree(root, 0)]
     t_end = max([t_end, *(s["end_ms"] for s in spans)])
 
     tool_calls = sum(1 for s in spans if s["kind"] == "tool")
@@ -77,26 +93,88 @@ def render_html(
     its links there); links only, the page's policy allows no other loads.
     """
     data = timeline_data(events)
-    template = resources.files("agent_trace").joinpath("timeline.html").read_text("utf-8")
+    page_title = title or f"agent_trace · {data['session_id']}"
+    return _fill(_page_data(data), _payload_lines(data["events"]), _escape(page_title), nav_html)
+
+
+#: The keys of each span row in the page's data, in order.
+SPAN_FIELDS = (
+    "span_id",
+    "parent_span_id",
+    "depth",
+    "kind",
+    "name",
+    "detail",
+    "status",
+    "error",
+    "start_ms",
+    "end_ms",
+    "duration_ms",
+    "model",
+    "tokens",
+    "cost_usd",
+    "versions",
+)
+
+
+def _page_data(data: dict[str, Any]) -> bytes:
+    """``timeline_data`` as the page embeds it: rows of values, payloads left out."""
+    compact = {
+        "session_id": data["session_id"],
+        "summary": data["summary"],
+        "duration_ms": data["duration_ms"],
+        "started_at": data["started_at"],
+        "span_fields": SPAN_FIELDS,
+        "spans": [[s[k] for k in SPAN_FIELDS] for s in data["spans"]],
+        "events": [
+            [e["version"], e["offset_ms"], e["event_type"], e["span_id"], e["timestamp"]]
+            for e in data["events"]
+        ],
+    }
+    return _script_safe(orjson.dumps(compact))
+
+
+def _payload_lines(events: list[dict[str, Any]]) -> bytes:
+    """Each event's payload as one line of JSON (compact JSON has no raw newline)."""
+    dumps = orjson.dumps
+    return _script_safe(b"\n".join(dumps(e["payload"]) for e in events))
+
+
+def _script_safe(json: bytes) -> bytes:
     # "<" never occurs in JSON outside strings, so escaping it keeps "</script>"
     # (and "<!--") inside a payload from ending the script element early.
-    payload = orjson.dumps(data).decode().replace("<", "\\u003c")
-    page_title = title or f"agent_trace · {data['session_id']}"
-    return (
-        template.replace(_TITLE_MARKER, _escape(page_title))
-        .replace(_NAV_MARKER, nav_html)
-        .replace(_DATA_MARKER, payload)
-    )
+    return json.replace(b"<", b"\\u003c")
+
+
+def _fill(data: bytes, payloads: bytes, title: str, nav: str = "") -> str:
+    """The template with its four markers replaced, in one pass (a payload may
+    contain a marker's text: it must not be replaced in turn)."""
+    template = resources.files("agent_trace").joinpath("timeline.html").read_text("utf-8")
+    head, rest = template.split(_TITLE_MARKER, 1)
+    top, rest = rest.split(_NAV_MARKER, 1)
+    middle, rest = rest.split(_DATA_MARKER, 1)
+    before, tail = rest.split(_PAYLOADS_MARKER, 1)
+    parts = (head, title, top, nav, middle, data.decode(), before, payloads.decode(), tail)
+    return "".join(parts)
 
 
 def _span(
-    node: SpanNode, depth: int, events: list[AgentEvent], t0: datetime, t_end: float
+    node: SpanNode,
+    depth: int,
+    events: list[AgentEvent],
+    t0: datetime,
+    t_end: float,
+    first_child: float | None = None,
 ) -> dict[str, Any]:
     end = _offset(t0, node.ended_at) if node.ended_at else None
     if node.started_at:
         start = _offset(t0, node.started_at)
+    elif first_child is not None:
+        # A decision is one event, written when it returns. Its calls' starts
+        # are on the same (wall) clock as every other position.
+        start = first_child
     elif end is not None and node.duration_ms is not None:
-        # A decision is one event, written when it returns: start = end - duration.
+        # Nothing else to go by: end minus the measured duration.
         start = max(end - node.duration_ms, 0.0)
     elif events:
         start = _offset(t0, events[0].timestamp)

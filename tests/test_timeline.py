@@ -67,9 +67,27 @@ class Page(HTMLParser):
 
 
 def parse(html: str) -> tuple[Page, dict]:
+    """The page's tags and its data as ``timeline_data`` shapes it (spans and
+    events as dicts, each event with its payload from the payload lines)."""
     page = Page()
     page.feed(html)
-    return page, json.loads(page.scripts["trace-data"])
+    data = json.loads(page.scripts["trace-data"])
+    fields = data.pop("span_fields")
+    data["spans"] = [dict(zip(fields, values, strict=True)) for values in data["spans"]]
+    lines = page.scripts["trace-payloads"].split("\n")
+    assert len(lines) == len(data["events"])
+    data["events"] = [
+        {
+            "version": v,
+            "offset_ms": off,
+            "event_type": t,
+            "span_id": sp,
+            "timestamp": ts,
+            "payload": json.loads(line),
+        }
+        for (v, off, t, sp, ts), line in zip(data["events"], lines, strict=True)
+    ]
+    return page, data
 
 
 def test_timeline_data(events):
@@ -88,8 +106,10 @@ def test_timeline_data(events):
         if s["parent_span_id"]:
             parent = by_id[s["parent_span_id"]]
             assert s["depth"] == parent["depth"] + 1
-            # A decision has no start event: its start is end - duration, before its LLM call.
-            assert parent["start_ms"] <= s["start_ms"] + 0.05
+            # A decision has no start event: it starts with its first call, on the
+            # same clock (never end - duration, which lands after that call's start).
+            assert parent["start_ms"] <= s["start_ms"]
+            assert s["end_ms"] <= parent["end_ms"]
     failed = [s for s in spans if s["status"] == "error"]
     assert [(s["kind"], s["name"]) for s in failed] == [("tool", "fetch_page")]
     assert "no response from" in failed[0]["error"]
@@ -127,7 +147,7 @@ def test_payloads_cannot_break_out_of_the_page():
     page, data = parse(html)
     assert data["events"][0]["payload"]["message"] == nasty
     assert data["spans"] == []
-    assert sum(1 for tag, _ in page.tags if tag == "script") == 2
+    assert sum(1 for tag, _ in page.tags if tag == "script") == 3
 
 
 def test_running_and_orphan_spans_still_draw():
@@ -280,3 +300,121 @@ def test_timeline_in_headless_chromium(store, tmp_path):
         shutil.copy(tmp_path / "timeline.png", keep)
     assert png_colors(blank_shot) == 1
     assert png_colors(shot) > 20, "the screenshot is blank"
+
+
+def _at(i_us: int) -> str:
+    return format_timestamp(1_700_000_000_000_000_000 + i_us * 1000)
+
+
+def test_a_late_stamped_decision_still_starts_with_its_first_call():
+    """The decision event is stamped after its duration is measured (capture runs in
+    between): end minus duration lands after its call's start. Positions stay on the
+    wall clock: the decision starts no later than the call inside it."""
+    mk = lambda v, us, kind, payload, span=None, parent=None: AgentEvent(  # noqa: E731
+        uuid7(), "s-3", kind, _at(us), payload, v, v, span, parent
+    )
+    evs = [
+        mk(1, 0, "session_started", {"metadata": {}}),
+        mk(2, 1000, "tool_started", {"tool": "search", "args": {}}, "t", "d"),
+        mk(3, 5000, "tool_executed", {"tool": "search", "result": 1, "duration_ms": 4.0}, "t", "d"),
+        # Measured 9.1 ms from 0.9 ms, but stamped at 10.6 ms: end - duration = 1.5 ms.
+        mk(4, 10600, "decision_made", {"decision": "pick", "choice": 1, "duration_ms": 9.1}, "d"),
+        # A decision with nothing inside: end - duration is all there is.
+        mk(5, 20000, "decision_made", {"decision": "leaf", "choice": 2, "duration_ms": 3.0}, "e"),
+    ]
+    spans = {s["span_id"]: s for s in timeline_data(evs)["spans"]}
+    assert spans["t"]["start_ms"] == 1.0
+    assert spans["d"]["start_ms"] == 1.0 and spans["d"]["end_ms"] == 10.6
+    assert spans["d"]["duration_ms"] == 9.1  # shown as measured
+    assert spans["e"]["start_ms"] == 17.0 and spans["e"]["end_ms"] == 20.0
+
+
+def test_marker_text_in_a_payload_is_left_alone():
+    markers = "__AGENT_TRACE_TITLE__ /*__AGENT_TRACE_DATA__*/null __AGENT_TRACE_PAYLOADS__"
+    ev = AgentEvent(uuid7(), "s-4", "user_message_received", _at(0), {"message": markers}, 1, 1)
+    _, data = parse(render_html([ev], title="t"))
+    assert data["events"][0]["payload"]["message"] == markers
+    assert "<title>t</title>" in render_html([ev], title="t")
+
+
+def big_session(calls: int) -> list[AgentEvent]:
+    """A long session: ``calls`` rounds of decision -> LLM call -> tool call (7 events each)."""
+    evs: list[AgentEvent] = []
+
+    def add(kind, payload, span=None, parent=None):
+        n = len(evs) + 1
+        evs.append(AgentEvent(uuid7(), "long", kind, _at(n * 100), payload, n, n, span, parent))
+
+    add("session_started", {"metadata": {"user": "u"}})
+    for i in range(calls):
+        d, llm, tool = f"d{i}", f"l{i}", f"t{i}"
+        add("llm_started", {"name": "chat", "args": {"q": i}}, llm, d)
+        add("llm_responded", {"name": "chat", "response": "x" * 200, "duration_ms": 0.05}, llm, d)
+        add("tool_started", {"tool": "search", "args": {"n": i}}, tool, d)
+        if i % 97 == 5:
+            add(
+                "tool_failed",
+                {"tool": "search", "error": f"boom {i}", "duration_ms": 0.05},
+                tool,
+                d,
+            )
+        else:
+            add(
+                "tool_executed",
+                {"tool": "search", "result": [i] * 20, "duration_ms": 0.05},
+                tool,
+                d,
+            )
+        add(
+            "decision_made",
+            {"decision": "next", "choice": {"tool": "search"}, "duration_ms": 0.3},
+            d,
+        )
+        add("observation", {"i": i, "text": f"step {i}"})
+        add("observation", {"i": i, "text": "more"})
+    return evs
+
+
+@pytest.mark.browser
+def test_a_long_session_draws_only_the_rows_in_view(tmp_path):
+    sync_playwright = _browser_or_skip()
+    evs = big_session(1000)  # 7,001 events, 3,000 spans
+    target = tmp_path / "long.html"
+    target.write_text(render_html(evs))
+    with sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=CHROMIUM, headless=True, args=["--no-sandbox", "--disable-gpu"]
+        )
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 900})
+            errors: list[str] = []
+            page.on("pageerror", lambda exc: errors.append(str(exc)))
+            page.goto(target.as_uri())
+            page.wait_for_function("window.agentTrace && window.agentTrace.ready")
+            assert errors == []
+            drawn_events = page.locator("#events tbody tr").count()
+            drawn_spans = page.locator(".span-row").count()
+            assert 20 <= drawn_events <= 120 and 20 <= drawn_spans <= 120
+            # Scroll the events list to its end: the last events are drawn, in place.
+            page.eval_on_selector("#events-wrap", "w => { w.scrollTop = w.scrollHeight; }")
+            last = page.locator(f"#events tbody tr[data-version='{len(evs)}']")
+            last.wait_for()
+            assert page.locator("#events tbody tr").count() <= 120
+            box, wrap = last.bounding_box(), page.locator("#events-wrap").bounding_box()
+            assert (
+                wrap["y"] <= box["y"] and box["y"] + box["height"] <= wrap["y"] + wrap["height"] + 1
+            )
+            last.click()
+            assert '"more"' in page.locator("#payload").inner_text()  # parsed on click
+            # A failed tool call far down the waterfall: reveal, click, its payloads.
+            failed_index = 3 * 975 + 2  # depth-first: decision, llm, tool per round
+            page.eval_on_selector("#span-scroll", f"s => {{ s.scrollTop = {failed_index} * 23; }}")
+            row = page.locator(".span-row[data-span-id='t975']")
+            row.wait_for()
+            assert row.get_attribute("data-status") == "error"
+            row.click()
+            assert "boom 975" in page.locator("#payload").inner_text()
+            assert page.locator("#events tr.selected").count() == 2  # revealed and marked
+            assert errors == []
+        finally:
+            browser.close()

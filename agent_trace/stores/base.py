@@ -23,7 +23,7 @@ from __future__ import annotations
 import hashlib
 import heapq
 import string
-from collections.abc import Container, Iterable, Sequence
+from collections.abc import Container, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -501,6 +501,69 @@ class ProjectionStore(Protocol):
     ) -> None:
         """Store state and checkpoint atomically if the stored checkpoint is the expected one."""
         ...
+
+
+@runtime_checkable
+class ProjectionEntriesStore(ProjectionStore, Protocol):
+    """A ``ProjectionStore`` that also saves a view entry by entry (optional).
+
+    For views whose state is a JSON object of independent entries (one per
+    session, tool or model: ``projections.KeyedProjection``), so a runner's
+    save costs what changed, not the whole state:
+
+    - ``save_projection_entries(name, entries, checkpoint, expected_checkpoint)``:
+      in ONE transaction, the same compare-and-set on the checkpoint as
+      ``save_projection``; then set each entry of ``entries`` (key -> the
+      value's JSON text) or delete it (value ``None``), keeping the others.
+      If ``name`` was last saved whole (``save_projection``), that state (a
+      JSON object) is first split into entries (:func:`split_state`), in the
+      same transaction: stored views switch over without a rebuild.
+    - ``load_projection(name)`` returns such a view as one JSON object
+      (:func:`entries_json`), and ``save_projection`` replaces it whole again
+      (its entries are dropped in the same transaction).
+
+    Every bundled store implements it: SQLite and PostgreSQL with a table
+    ``projection_entries(name, key, value)`` beside ``projections``, JSONL
+    with a log of changes beside each view's snapshot, folded into it when it
+    outgrows it. A runner on a store without it saves the whole state.
+    """
+
+    async def save_projection_entries(
+        self,
+        name: str,
+        entries: Mapping[str, str | None],
+        checkpoint: int,
+        expected_checkpoint: int,
+    ) -> None:
+        """Set or delete entries and move the checkpoint atomically, compare-and-set."""
+        ...
+
+
+#: What ``projections.state`` holds for a view saved entry by entry. A JSON
+#: string, so an older agent_trace reading the row fails on it loudly
+#: instead of folding on from an empty state.
+ENTRIES_MARKER = (
+    '"agent_trace: this view is saved entry by entry in projection_entries; '
+    'upgrade agent_trace to read it"'
+)
+
+
+def entries_json(entries: Iterable[tuple[str, str]]) -> str:
+    """The JSON object whose entries are ``(key, value JSON text)`` pairs."""
+    dumps = orjson.dumps
+    return "{" + ",".join(f"{dumps(key).decode()}:{value}" for key, value in entries) + "}"
+
+
+def split_state(name: str, state_json: str) -> dict[str, str]:
+    """A view saved whole, as entries (key -> value JSON text); it must be a JSON object."""
+    state = orjson.loads(state_json)
+    if not isinstance(state, dict):
+        raise StoreError(
+            f"projection {name!r} was saved whole as a JSON {type(state).__name__}, not an "
+            "object: it cannot be saved entry by entry (was the name used by another view?)"
+        )
+    dumps = orjson.dumps
+    return {key: dumps(value).decode() for key, value in state.items()}
 
 
 def projection_conflict(name: str, expected: int, found: int) -> ProjectionConflict:

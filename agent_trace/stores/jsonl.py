@@ -6,7 +6,8 @@ order. Several processes may append: each append holds an exclusive
 ``flock`` on ``events.lock``, first reads whatever other processes added
 since it last looked (from the byte offset it had reached), then writes its
 lines and fsyncs before unlocking. Readers hold a shared lock, so they never
-see a batch before it is durable.
+see a batch before it is durable. Threads of one process appending at the
+same time share that work: one write and one fsync per group of batches.
 
 A final line without its newline is a write torn by a crash; it was never
 acknowledged, so readers ignore it and the next append truncates it. A crash
@@ -24,8 +25,9 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from typing import Any
 
@@ -43,6 +45,7 @@ from agent_trace.stores.base import (
     check_projection_name,
     event_types_filter,
     projection_conflict,
+    split_state,
 )
 
 try:
@@ -55,6 +58,10 @@ __all__ = ["JSONLStore"]
 EVENTS_FILE = "events.jsonl"
 LOCK_FILE = "events.lock"
 PROJECTIONS_DIR = "projections"
+# A snapshot's first bytes: its checkpoint, generation (absent in files of
+# earlier releases) and the first character of its state.
+_SNAPSHOT_HEAD = re.compile(rb'\{"checkpoint":(-?\d+),(?:"gen":"([0-9a-f]*)",)?"state":(.)')
+_COMPACT_AT = 1 << 20  # a view's log is folded into its snapshot past max(this, snapshot)
 _READ_CHUNK = 8 << 20
 
 
@@ -65,6 +72,9 @@ class JSONLStore:
         self.directory = os.path.abspath(os.fspath(directory))
         self.path = os.path.join(self.directory, EVENTS_FILE)
         self._lock = threading.Lock()  # this process's threads; flock covers processes
+        # Batches waiting for the next group commit (see _append).
+        self._queue_lock = threading.Lock()
+        self._queue: list[_Append] = []
         self._fd: int | None = None
         self._lock_fd: int | None = None
         self._index = EventIndex()
@@ -127,10 +137,16 @@ class JSONLStore:
             self._end = 0
 
     # --- projection checkpoints (base.ProjectionStore) -------------------------
-    # <directory>/projections/<name>.json holds {"checkpoint", "state"}: one file,
-    # replaced whole (temp file, fsync, rename, fsync directory), so a crash
-    # leaves the old pair or the new one. An exclusive flock on <name>.lock
-    # makes compare-and-set atomic across processes without blocking appends.
+    # <directory>/projections/<name>.json holds {"checkpoint", "gen", "state"}: one
+    # file, replaced whole (temp file, fsync, rename, fsync directory), so a crash
+    # leaves the old pair or the new one. A view saved entry by entry appends its
+    # changes to <name>.log instead, one fsynced line per save
+    # {"gen", "checkpoint", "set", "del"}; only lines of the snapshot's
+    # generation count, so a crash between writing a new snapshot (a whole save,
+    # or a compaction once the log outgrows it) and emptying the log leaves the
+    # old lines ignored. A final line without its newline was never acknowledged.
+    # An exclusive flock on <name>.lock makes compare-and-set atomic across
+    # processes without blocking appends; loads hold it shared.
 
     async def load_projection(self, name: str) -> tuple[str | None, int]:
         """``(state_json, checkpoint)`` as last saved, or ``(None, 0)``."""
@@ -145,50 +161,230 @@ class JSONLStore:
             self._save_projection, name, state_json, checkpoint, expected_checkpoint
         )
 
-    def _projection_path(self, name: str) -> str:
-        return os.path.join(self.directory, PROJECTIONS_DIR, f"{name}.json")
+    async def save_projection_entries(
+        self,
+        name: str,
+        entries: Mapping[str, str | None],
+        checkpoint: int,
+        expected_checkpoint: int,
+    ) -> None:
+        """Append the changed entries (``None``: deleted) and the checkpoint, compare-and-set."""
+        check_projection_name(name)
+        await asyncio.to_thread(
+            self._save_entries, name, dict(entries), checkpoint, expected_checkpoint
+        )
+
+    def _projection_path(self, name: str, suffix: str = ".json") -> str:
+        return os.path.join(self.directory, PROJECTIONS_DIR, f"{name}{suffix}")
+
+    @contextmanager
+    def _projection_locked(self, name: str, *, exclusive: bool) -> Iterator[bool]:
+        """Hold ``<name>.lock``; yields False (nothing held) if there is none to hold."""
+        if fcntl is None:  # pragma: no cover - Windows
+            raise StoreError("JSONLStore needs fcntl (POSIX); use SQLiteStore on this platform")
+        folder = os.path.join(self.directory, PROJECTIONS_DIR)
+        if exclusive:
+            os.makedirs(folder, exist_ok=True)
+        try:
+            flags = os.O_RDWR | os.O_CREAT if exclusive else os.O_RDONLY
+            lock_fd = os.open(self._projection_path(name, ".lock"), flags, 0o644)
+        except FileNotFoundError:
+            yield False
+            return
+        try:
+            fcntl.flock(lock_fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+            yield True
+        finally:
+            os.close(lock_fd)  # releases the flock
 
     def _load_projection(self, name: str) -> tuple[str | None, int]:
+        with self._projection_locked(name, exclusive=False):
+            return self._read_projection(name)
+
+    def _read_projection(self, name: str) -> tuple[str | None, int]:
+        """The snapshot with its log applied (caller holds the lock)."""
         try:
             with open(self._projection_path(name), "rb") as f:
                 d = orjson.loads(f.read())
         except FileNotFoundError:
             return None, 0
-        return orjson.dumps(d["state"]).decode(), d["checkpoint"]
+        state, checkpoint, gen = d["state"], d["checkpoint"], d.get("gen")
+        try:
+            with open(self._projection_path(name, ".log"), "rb") as f:
+                log = f.read()
+        except FileNotFoundError:
+            log = b""
+        for line in log.split(b"\n")[:-1]:  # a last part without newline: torn, ignored
+            change = orjson.loads(line)
+            if change["gen"] != gen:
+                continue  # left by a crash before the log was emptied
+            state.update(change["set"])
+            for key in change["del"]:
+                state.pop(key, None)
+            checkpoint = change["checkpoint"]
+        return orjson.dumps(state).decode(), checkpoint
+
+    def _head(self, name: str) -> tuple[int, str | None, bool | None, int]:
+        """(checkpoint, gen, state is an object, log size) as saved; the lock is held.
+
+        Reads the snapshot's first bytes and the log's last line only, and cuts
+        a torn last line off the log: a save costs what it writes, not the view.
+        """
+        try:
+            with open(self._projection_path(name), "rb") as f:
+                head = f.read(200)
+        except FileNotFoundError:
+            return 0, None, None, 0
+        m = _SNAPSHOT_HEAD.match(head)
+        if m is None:
+            raise StoreError(f"{self._projection_path(name)}: not a projection snapshot")
+        checkpoint, is_object = int(m[1]), m[3] == b"{"
+        gen = m[2].decode() if m[2] is not None else None
+        try:
+            fd = os.open(self._projection_path(name, ".log"), os.O_RDWR)
+        except FileNotFoundError:
+            return checkpoint, gen, is_object, 0
+        try:
+            size = os.fstat(fd).st_size
+            if size and os.pread(fd, 1, size - 1) != b"\n":
+                size = _line_start(fd, size)  # a save that crashed mid-write
+                os.ftruncate(fd, size)
+                os.fsync(fd)
+            if size:
+                last = orjson.loads(_pread(fd, _line_start(fd, size - 1), size - 1))
+                if last["gen"] == gen:
+                    checkpoint = last["checkpoint"]
+                else:  # only lines a crash left behind: drop them now
+                    os.ftruncate(fd, 0)
+                    os.fsync(fd)
+                    size = 0
+        finally:
+            os.close(fd)
+        return checkpoint, gen, is_object, size
 
     def _save_projection(self, name: str, state_json: str, checkpoint: int, expected: int) -> None:
-        if fcntl is None:  # pragma: no cover - Windows
-            raise StoreError("JSONLStore needs fcntl (POSIX); use SQLiteStore on this platform")
-        folder = os.path.join(self.directory, PROJECTIONS_DIR)
-        os.makedirs(folder, exist_ok=True)
-        path = self._projection_path(name)
-        lock_fd = os.open(os.path.join(folder, f"{name}.lock"), os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(lock_fd, fcntl.LOCK_EX)
-            found = self._load_projection(name)[1]
+        with self._projection_locked(name, exclusive=True):
+            found = self._head(name)[0]
             if found != expected:
                 raise projection_conflict(name, expected, found)
-            data = b'{"checkpoint":%d,"state":' % checkpoint + state_json.encode() + b"}\n"
-            tmp = f"{path}.{os.getpid()}.tmp"
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            self._write_snapshot(name, state_json.encode(), checkpoint)
+
+    def _write_snapshot(self, name: str, state_json: bytes, checkpoint: int) -> None:
+        """A new generation: the snapshot replaced atomically, then the log emptied."""
+        path = self._projection_path(name)
+        gen = os.urandom(8).hex()
+        data = b'{"checkpoint":%d,"gen":"%s","state":' % (checkpoint, gen.encode())
+        tmp = f"{path}.{os.getpid()}.tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            _write_all(fd, data + state_json + b"}\n")
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+        _fsync_dir(os.path.dirname(path))
+        with suppress(FileNotFoundError):
+            fd = os.open(self._projection_path(name, ".log"), os.O_RDWR)
             try:
-                _write_all(fd, data)
+                os.ftruncate(fd, 0)
                 os.fsync(fd)
             finally:
                 os.close(fd)
-            os.replace(tmp, path)
-            _fsync_dir(folder)
-        finally:
-            os.close(lock_fd)  # releases the flock
+
+    def _save_entries(
+        self, name: str, entries: dict[str, str | None], checkpoint: int, expected: int
+    ) -> None:
+        with self._projection_locked(name, exclusive=True):
+            found, gen, is_object, log_size = self._head(name)
+            if found != expected:
+                raise projection_conflict(name, expected, found)
+            if is_object is None:  # nothing saved yet: an empty snapshot to log against
+                self._write_snapshot(name, b"{}", expected)
+                found, gen, is_object, log_size = self._head(name)
+            if not is_object:
+                state_json, _ = self._read_projection(name)
+                split_state(name, state_json or "null")  # raises: not a JSON object
+            change = {
+                "gen": gen,
+                "checkpoint": checkpoint,
+                "set": {k: orjson.Fragment(v) for k, v in entries.items() if v is not None},
+                "del": [k for k, v in entries.items() if v is None],
+            }
+            line = orjson.dumps(change, option=orjson.OPT_APPEND_NEWLINE)
+            log = self._projection_path(name, ".log")
+            created = not os.path.exists(log)
+            fd = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            try:
+                _write_all(fd, line)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            if created:
+                _fsync_dir(os.path.dirname(log))
+            snapshot_size = os.stat(self._projection_path(name)).st_size
+            if log_size + len(line) > max(snapshot_size, _COMPACT_AT):
+                # The log outgrew the view: fold it into a new snapshot (amortized:
+                # it took at least the snapshot's size in saves to get here).
+                state_json, _ = self._read_projection(name)
+                self._write_snapshot(name, (state_json or "{}").encode(), checkpoint)
 
     # --- blocking work (worker thread) -----------------------------------------
 
     def _append(self, items: list[Captured]) -> int:
-        with self._lock, self._locked(exclusive=True) as fd:
+        """Append one caller's batch, committed with whatever other threads queued meanwhile.
+
+        Group commit: each batch joins a queue; the thread that next holds the
+        store's lock writes every queued batch with one ``write`` and one
+        ``fsync`` and tells each caller its count. So N threads appending at
+        once cost one fsync, not N, and no call returns before its events are
+        durable.
+        """
+        request = _Append(items)
+        with self._queue_lock:
+            self._queue.append(request)
+        with self._lock:
+            if not request.done:
+                with self._queue_lock:
+                    group, self._queue = self._queue, []
+                self._commit_group(group)
+        if request.error is not None:
+            raise request.error
+        return request.count
+
+    def _commit_group(self, group: list[_Append]) -> None:
+        """Commit ``group`` (under ``self._lock``); each request gets its count or error."""
+        try:
+            if len(group) == 1:
+                group[0].count = self._commit(group[0].items)
+            else:
+                try:
+                    counts = self._commit([item for r in group for item in r.items], group)
+                except Exception as exc:
+                    if isinstance(exc, OSError):
+                        raise
+                    # A batch the store refuses must not fail the others: alone, each
+                    # gets its own outcome.
+                    for r in group:
+                        self._commit_group([r])
+                    return
+                for r, count in zip(group, counts, strict=True):
+                    r.count = count
+        except BaseException as exc:
+            for r in group:
+                r.error = exc
+        finally:
+            for r in group:
+                r.done = True
+
+    def _commit(self, items: list[Captured], group: list[_Append] | None = None) -> Any:
+        """Write ``items`` durably: their new count, or with ``group`` each request's."""
+        with self._locked(exclusive=True) as fd:
             self._catch_up(fd, repair=True)
             rows = self._index.seal(items)
+            if group is not None:
+                counts = _counts(group, {row[0] for row in rows})
             if not rows:
-                return 0
+                return 0 if group is None else counts
             lines = [_line(row) for row in rows]
             start = self._end
             try:
@@ -205,7 +401,7 @@ class JSONLStore:
                 self._offsets.append(offset)
                 offset += len(line)
             self._end = offset
-        return len(rows)
+        return len(rows) if group is None else counts
 
     def _get_events(
         self, session_id: str, after_version: int, types: frozenset[str] | None, raw: bool = False
@@ -323,6 +519,33 @@ class JSONLStore:
             self._end = offset
 
 
+class _Append:
+    """One caller's batch in a group commit, and what came of it."""
+
+    __slots__ = ("count", "done", "error", "items")
+
+    def __init__(self, items: list[Captured]) -> None:
+        self.items = items
+        self.done = False
+        self.count = 0
+        self.error: BaseException | None = None
+
+
+def _counts(group: list[_Append], new_ids: set[str]) -> list[int]:
+    """How many of the new events each request brought (an id counts once, first come)."""
+    claimed: set[str] = set()
+    counts = []
+    for r in group:
+        n = 0
+        for item in r.items:
+            eid = item[0]
+            if eid in new_ids and eid not in claimed:
+                claimed.add(eid)
+                n += 1
+        counts.append(n)
+    return counts
+
+
 def _line(row: tuple[Any, ...]) -> bytes:
     # Fragment: the payload is written exactly as it was hashed.
     return orjson.dumps(
@@ -368,6 +591,18 @@ def _parse(line: bytes, raw: bool = False) -> AgentEvent:
         raise TypeError(f"expected a JSON object, got {type(d).__name__}")
     ev = AgentEvent.from_dict(d)
     return ev if raw or not upcasting.has_upcasters() else upcasting.upcast(ev)
+
+
+def _line_start(fd: int, end: int) -> int:
+    """The offset just after the last newline before ``end`` (0 if there is none)."""
+    start, step = end, 1 << 16
+    while start > 0:
+        lo = max(0, start - step)
+        cut = os.pread(fd, start - lo, lo).rfind(b"\n")
+        if cut >= 0:
+            return lo + cut + 1
+        start, step = lo, step * 2
+    return 0
 
 
 def _pread(fd: int, start: int, stop: int) -> bytes:

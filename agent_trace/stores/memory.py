@@ -12,20 +12,23 @@ loops at once.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from agent_trace.events import AgentEvent
 from agent_trace.stores.base import (
+    ENTRIES_MARKER,
     Captured,
     EventIndex,
     SessionInfo,
     captured_from_events,
     check_limit,
     check_projection_name,
+    entries_json,
     event_from_row,
     event_types_filter,
     projection_conflict,
+    split_state,
 )
 
 __all__ = ["MemoryStore"]
@@ -40,6 +43,8 @@ class MemoryStore:
         # Position p is at index p - 1; rows as base.seal_rows makes them.
         self._rows: list[tuple[Any, ...]] = []
         self._projections: dict[str, tuple[str, int]] = {}  # name -> (state JSON, checkpoint)
+        # name -> {key: value JSON} for views saved entry by entry (their state: ENTRIES_MARKER)
+        self._entries: dict[str, dict[str, str]] = {}
 
     def __repr__(self) -> str:
         return f"MemoryStore(<{len(self._rows)} events>)"
@@ -99,7 +104,11 @@ class MemoryStore:
     async def load_projection(self, name: str) -> tuple[str | None, int]:
         """``(state_json, checkpoint)`` as last saved, or ``(None, 0)``."""
         with self._lock:
-            return self._projections.get(check_projection_name(name), (None, 0))
+            name = check_projection_name(name)
+            entries = self._entries.get(name)
+            if entries is not None:
+                return entries_json(entries.items()), self._projections[name][1]
+            return self._projections.get(name, (None, 0))
 
     async def save_projection(
         self, name: str, state_json: str, checkpoint: int, expected_checkpoint: int
@@ -110,4 +119,29 @@ class MemoryStore:
             found = self._projections.get(name, (None, 0))[1]
             if found != expected_checkpoint:
                 raise projection_conflict(name, expected_checkpoint, found)
+            self._entries.pop(name, None)
             self._projections[name] = (state_json, checkpoint)
+
+    async def save_projection_entries(
+        self,
+        name: str,
+        entries: Mapping[str, str | None],
+        checkpoint: int,
+        expected_checkpoint: int,
+    ) -> None:
+        """Set (or delete, ``None``) entries and move the checkpoint, compare-and-set."""
+        check_projection_name(name)
+        with self._lock:
+            state, found = self._projections.get(name, (None, 0))
+            if found != expected_checkpoint:
+                raise projection_conflict(name, expected_checkpoint, found)
+            stored = self._entries.get(name)
+            if stored is None:
+                stored = split_state(name, state) if state is not None else {}
+            for key, value in entries.items():
+                if value is None:
+                    stored.pop(key, None)
+                else:
+                    stored[key] = value
+            self._entries[name] = stored
+            self._projections[name] = (ENTRIES_MARKER, checkpoint)

@@ -44,7 +44,7 @@ import inspect
 import os
 import re
 import threading
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
@@ -53,6 +53,7 @@ import orjson
 
 from agent_trace.events import AgentEvent
 from agent_trace.stores.base import (
+    ENTRIES_MARKER,
     Captured,
     SessionInfo,
     StoreError,
@@ -65,6 +66,7 @@ from agent_trace.stores.base import (
     projection_conflict,
     seal_captured,
     session_metadata,
+    split_state,
     unique_captured,
 )
 
@@ -127,6 +129,18 @@ CREATE TABLE {s}.projections (
     state TEXT NOT NULL,
     position BIGINT NOT NULL,
     updated_at TIMESTAMPTZ NOT NULL DEFAULT now()
+);
+""",
+    ),
+    (
+        # A view saved entry by entry: its projections row holds ENTRIES_MARKER.
+        "projection entries",
+        """
+CREATE TABLE {s}.projection_entries (
+    name TEXT NOT NULL,
+    key TEXT COLLATE "C" NOT NULL,
+    value TEXT NOT NULL,
+    PRIMARY KEY (name, key)
 );
 """,
     ),
@@ -303,8 +317,15 @@ ORDER BY g.started_at DESC, g.first_position DESC
 
     async def load_projection(self, name: str) -> tuple[str | None, int]:
         """``(state_json, checkpoint)`` as last saved, or ``(None, 0)``."""
-        sql = f"SELECT state, position FROM {self._q}.projections WHERE name = $1"
-        rows = await self._run(self._fetch, sql, (check_projection_name(name),))
+        # One statement, one snapshot: the row and its entries agree.
+        p, e = f"{self._q}.projections", f"{self._q}.projection_entries"
+        sql = (
+            "SELECT CASE WHEN p.state = $2 THEN (SELECT '{' || COALESCE(string_agg("
+            "to_json(e.key)::text || ':' || e.value, ',' ORDER BY e.key), '') || '}' "
+            f"FROM {e} e WHERE e.name = p.name) ELSE p.state END, p.position "
+            f"FROM {p} p WHERE p.name = $1"
+        )
+        rows = await self._run(self._fetch, sql, (check_projection_name(name), ENTRIES_MARKER))
         return (rows[0][0], rows[0][1]) if rows else (None, 0)
 
     async def save_projection(
@@ -314,22 +335,87 @@ ORDER BY g.started_at DESC, g.first_position DESC
         check_projection_name(name)
         t = f"{self._q}.projections"
         if expected_checkpoint == 0:
-            sql = (
+            saved = (
                 f"INSERT INTO {t} AS p (name, state, position) VALUES ($1, $2, $3) "
                 "ON CONFLICT (name) DO UPDATE SET state = $2, position = $3, updated_at = now() "
                 "WHERE p.position = 0 RETURNING 1"
             )
             args: tuple[Any, ...] = (name, state_json, checkpoint)
         else:
-            sql = (
+            saved = (
                 f"UPDATE {t} SET state = $2, position = $3, updated_at = now() "
                 "WHERE name = $1 AND position = $4 RETURNING 1"
             )
             args = (name, state_json, checkpoint, expected_checkpoint)
-        # One statement is one transaction: the compare and the set cannot be split.
+        # One statement is one transaction: the compare and the set cannot be
+        # split. Entries of a view saved entry by entry until now go with it.
+        sql = (
+            f"WITH saved AS ({saved}), dropped AS (DELETE FROM {self._q}.projection_entries "
+            "WHERE name = $1 AND EXISTS (SELECT 1 FROM saved)) SELECT 1 FROM saved"
+        )
         if not await self._run(self._fetch, sql, args):
             _, found = await self.load_projection(name)
             raise projection_conflict(name, expected_checkpoint, found)
+
+    async def save_projection_entries(
+        self,
+        name: str,
+        entries: Mapping[str, str | None],
+        checkpoint: int,
+        expected_checkpoint: int,
+    ) -> None:
+        """Set (or delete, ``None``) entries and move the checkpoint in one transaction."""
+        check_projection_name(name)
+        await self._run(self._save_entries, name, dict(entries), checkpoint, expected_checkpoint)
+
+    async def _save_entries(
+        self,
+        pool: asyncpg.Pool,
+        name: str,
+        entries: dict[str, str | None],
+        checkpoint: int,
+        expected: int,
+    ) -> None:
+        p, e = f"{self._q}.projections", f"{self._q}.projection_entries"
+        async with _connection(pool) as conn, conn.transaction():
+            if expected == 0:
+                # Claim the row (or find it): a concurrent first save waits here.
+                await conn.execute(
+                    f"INSERT INTO {p} (name, state, position) VALUES ($1, $2, 0) "
+                    "ON CONFLICT (name) DO NOTHING",
+                    name,
+                    ENTRIES_MARKER,
+                )
+            row = await conn.fetchrow(
+                f"SELECT state, position FROM {p} WHERE name = $1 FOR UPDATE", name
+            )
+            found = row["position"] if row is not None else 0
+            if row is None or found != expected:
+                raise projection_conflict(name, expected, found)
+            if row["state"] != ENTRIES_MARKER:
+                # Saved whole until now: its entries first, then the changes over them.
+                entries = {**split_state(name, row["state"]), **entries}
+            keys = [k for k, v in entries.items() if v is not None]
+            if keys:
+                await conn.execute(
+                    f"INSERT INTO {e} (name, key, value) "
+                    "SELECT $1, k, v FROM unnest($2::text[], $3::text[]) AS u(k, v) "
+                    "ON CONFLICT (name, key) DO UPDATE SET value = excluded.value",
+                    name,
+                    keys,
+                    [entries[k] for k in keys],
+                )
+            gone = [k for k, v in entries.items() if v is None]
+            if gone:
+                await conn.execute(
+                    f"DELETE FROM {e} WHERE name = $1 AND key = ANY($2::text[])", name, gone
+                )
+            await conn.execute(
+                f"UPDATE {p} SET state = $2, position = $3, updated_at = now() WHERE name = $1",
+                name,
+                ENTRIES_MARKER,
+                checkpoint,
+            )
 
     # --- beyond the protocol -------------------------------------------------
 
@@ -371,11 +457,13 @@ ORDER BY g.started_at DESC, g.first_position DESC
         deadline = loop.time() + self.reconnect_timeout
         delay = 0.02
         while True:
-            pool = await self._pool(worker)
             try:
+                # Setting up a new pool (migrations) may lose its connection too;
+                # an unreachable server is not retried (a ConnectionError at once).
+                pool = await self._pool(worker)
                 return await op(pool, *args)
             except Exception as exc:
-                if not _connection_lost(exc):
+                if not _connection_lost(exc) or isinstance(exc, _Unreachable):
                     raise
                 if loop.time() + delay > deadline:
                     raise ConnectionError(
@@ -401,7 +489,7 @@ ORDER BY g.started_at DESC, g.first_position DESC
         except Exception as exc:
             unreachable = (OSError, asyncio.TimeoutError, asyncpg.PostgresError)
             if isinstance(exc, (*unreachable, asyncpg.InterfaceError)):
-                raise ConnectionError(
+                raise _Unreachable(
                     f"cannot connect to PostgreSQL store {self.url!r}: {type(exc).__name__}: {exc}"
                 ) from exc
             raise
@@ -596,6 +684,10 @@ async def _connection(pool: asyncpg.Pool) -> AsyncIterator[asyncpg.Connection]:
                 with contextlib.suppress(asyncpg.InterfaceError):
                     conn.terminate()
             raise
+
+
+class _Unreachable(ConnectionError):
+    """The server could not be reached to open a pool (not a connection lost mid-use)."""
 
 
 def _connection_lost(exc: BaseException) -> bool:

@@ -25,7 +25,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -34,6 +34,7 @@ import orjson
 
 from agent_trace.events import AgentEvent
 from agent_trace.stores.base import (
+    ENTRIES_MARKER,
     ROW_WIDTH,
     Captured,
     SessionInfo,
@@ -41,12 +42,14 @@ from agent_trace.stores.base import (
     captured_from_events,
     check_limit,
     check_projection_name,
+    entries_json,
     event_from_row,
     event_types_filter,
     events_from_rows,
     projection_conflict,
     seal_captured_flat,
     session_metadata,
+    split_state,
     unique_captured,
 )
 
@@ -279,6 +282,19 @@ class SQLiteStore:
         check_projection_name(name)
         self._check_writable()
         await self._run(_save_projection, name, state_json, checkpoint, expected_checkpoint)
+
+    async def save_projection_entries(
+        self,
+        name: str,
+        entries: Mapping[str, str | None],
+        checkpoint: int,
+        expected_checkpoint: int,
+    ) -> None:
+        """Set (or delete, ``None``) entries and move the checkpoint in one transaction."""
+        check_projection_name(name)
+        await self._run(
+            _save_projection_entries, name, dict(entries), checkpoint, expected_checkpoint
+        )
 
     # --- connection ------------------------------------------------------------
 
@@ -560,46 +576,122 @@ def _list_sessions(db: sqlite3.Connection, limit: int | None) -> list[SessionInf
 
 
 # --- projection checkpoints ----------------------------------------------------
-# A view's state and checkpoint share one row, written in one BEGIN IMMEDIATE
-# transaction in the events' own database. The table is created on first save
-# (not in _SCHEMA) so stores that never run projections keep schema version 1.
+# A view's checkpoint is one row of ``projections``, written in one BEGIN
+# IMMEDIATE transaction in the events' own database together with its state:
+# whole in that row, or (state ENTRIES_MARKER) entry by entry in
+# ``projection_entries``, where a save writes only the entries that changed.
+# The tables are created on first save (not in _SCHEMA) so stores that never
+# run projections keep their schema version. Tables of earlier releases need
+# no change: their rows are whole-state views, split into entries by the
+# first entry-wise save (base.split_state).
 
-_PROJECTIONS_TABLE = """
+_PROJECTION_TABLES = (
+    """
 CREATE TABLE IF NOT EXISTS projections (
     name TEXT PRIMARY KEY,
     state TEXT NOT NULL,
     position INTEGER NOT NULL,
     updated_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%f+00:00', 'now'))
 )
-"""
+""",
+    """
+CREATE TABLE IF NOT EXISTS projection_entries (
+    name TEXT NOT NULL,
+    key TEXT NOT NULL,
+    value TEXT NOT NULL,
+    PRIMARY KEY (name, key)
+) WITHOUT ROWID
+""",
+)
+
+
+def _ensure_projection_tables(db: sqlite3.Connection) -> None:
+    """Create the projection tables if missing (inside the caller's write transaction)."""
+    for statement in _PROJECTION_TABLES:
+        db.execute(statement)  # IF NOT EXISTS: a lookup in the cached schema
 
 
 def _load_projection(db: sqlite3.Connection, name: str) -> tuple[str | None, int]:
+    db.execute("BEGIN")  # one snapshot for the row and its entries
     try:
-        row = db.execute("SELECT state, position FROM projections WHERE name = ?", (name,))
-        found = row.fetchone()
-    except sqlite3.OperationalError as exc:
-        if "no such table" in str(exc):
+        try:
+            found = db.execute(
+                "SELECT state, position FROM projections WHERE name = ?", (name,)
+            ).fetchone()
+        except sqlite3.OperationalError as exc:
+            if "no such table" in str(exc):
+                return None, 0
+            raise
+        if found is None:
             return None, 0
-        raise
-    return (found[0], found[1]) if found else (None, 0)
+        state, position = found
+        if state == ENTRIES_MARKER:
+            rows = db.execute(
+                "SELECT key, value FROM projection_entries WHERE name = ? ORDER BY key", (name,)
+            )
+            state = entries_json(rows)
+        return state, position
+    finally:
+        db.execute("COMMIT")
+
+
+def _begin_projection_save(db: sqlite3.Connection, name: str, expected: int) -> str | None:
+    """BEGIN IMMEDIATE, tables ready, compare-and-set: the stored state (None: no row)."""
+    db.execute("BEGIN IMMEDIATE")
+    _ensure_projection_tables(db)
+    row = db.execute("SELECT state, position FROM projections WHERE name = ?", (name,)).fetchone()
+    found = row[1] if row else 0
+    if found != expected:
+        raise projection_conflict(name, expected, found)
+    return row[0] if row else None
 
 
 def _save_projection(
     db: sqlite3.Connection, name: str, state_json: str, checkpoint: int, expected: int
 ) -> None:
-    db.execute("BEGIN IMMEDIATE")
     try:
-        db.execute(_PROJECTIONS_TABLE)
-        row = db.execute("SELECT position FROM projections WHERE name = ?", (name,)).fetchone()
-        found = row[0] if row else 0
-        if found != expected:
-            raise projection_conflict(name, expected, found)
+        if _begin_projection_save(db, name, expected) == ENTRIES_MARKER:
+            db.execute("DELETE FROM projection_entries WHERE name = ?", (name,))
         db.execute(
             "INSERT INTO projections (name, state, position) VALUES (?, ?, ?) "
             "ON CONFLICT (name) DO UPDATE SET state = excluded.state, "
             "position = excluded.position, updated_at = excluded.updated_at",
             (name, state_json, checkpoint),
+        )
+        db.execute("COMMIT")
+    except BaseException:
+        if db.in_transaction:
+            db.execute("ROLLBACK")
+        raise
+
+
+def _save_projection_entries(
+    db: sqlite3.Connection,
+    name: str,
+    entries: dict[str, str | None],
+    checkpoint: int,
+    expected: int,
+) -> None:
+    try:
+        stored = _begin_projection_save(db, name, expected)
+        if stored is not None and stored != ENTRIES_MARKER:
+            # Saved whole until now: its entries first, then the changes over them.
+            entries = {**split_state(name, stored), **entries}
+        upserts = [(name, k, v) for k, v in entries.items() if v is not None]
+        deletes = [(name, k) for k, v in entries.items() if v is None]
+        if upserts:
+            db.executemany(
+                "INSERT INTO projection_entries (name, key, value) VALUES (?, ?, ?) "
+                "ON CONFLICT (name, key) DO UPDATE SET value = excluded.value",
+                upserts,
+            )
+        if deletes:
+            db.executemany("DELETE FROM projection_entries WHERE name = ? AND key = ?", deletes)
+        db.execute(
+            "INSERT INTO projections (name, state, position) VALUES (?, ?, ?) "
+            "ON CONFLICT (name) DO UPDATE SET state = excluded.state, "
+            "position = excluded.position, updated_at = excluded.updated_at",
+            (name, ENTRIES_MARKER, checkpoint),
         )
         db.execute("COMMIT")
     except BaseException:

@@ -20,7 +20,7 @@ import orjson
 import pytest
 from store_helpers import make_event
 
-from agent_trace.projections import Projection, ProjectionRunner, rebuild
+from agent_trace.projections import KeyedProjection, Projection, ProjectionRunner, rebuild
 from agent_trace.stores import EventStore
 from agent_trace.stores.base import ProjectionConflict, ProjectionStore
 
@@ -174,31 +174,67 @@ class PerPosition(Projection):
         return state
 
 
+class PositionsPerSession(KeyedProjection):
+    """PerPosition kept entry by entry: session id -> {position: times applied}."""
+
+    def __init__(self, delay: float = 0.0) -> None:
+        self.delay = delay
+
+    def key(self, event):
+        return event.session_id
+
+    def apply_entry(self, entry, event):
+        if self.delay:
+            time.sleep(self.delay)
+        entry = entry or {}
+        key = str(event.position)
+        entry[key] = entry.get(key, 0) + 1
+        return entry
+
+
+VIEWS = {"whole": PerPosition, "keyed": PositionsPerSession}
+
+
+@pytest.fixture(params=sorted(VIEWS))
+def view(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
+def applied(view: str, state: dict) -> dict:
+    """position -> times applied, from either view's state."""
+    if view == "whole":
+        return state
+    return {p: n for entry in state.values() for p, n in entry.items()}
+
+
 def _events(n: int) -> list:
     return [make_event(f"s{i % 4}", "tool_executed", {"tool": "t", "i": i}) for i in range(n)]
 
 
-async def test_runner_catches_up_exactly_once_and_resumes(pstore: ProjectionStore) -> None:
+async def test_runner_catches_up_exactly_once_and_resumes(
+    pstore: ProjectionStore, view: str
+) -> None:
     await pstore.append(_events(23))
-    runner = ProjectionRunner(pstore, PerPosition(), name="per-position", batch_size=5)
+    runner = ProjectionRunner(pstore, VIEWS[view](), name="per-position", batch_size=5)
     assert await runner.run_once() == 23
     await pstore.append(_events(4))
-    again = ProjectionRunner(pstore, PerPosition(), name="per-position", batch_size=5)
+    again = ProjectionRunner(pstore, VIEWS[view](), name="per-position", batch_size=5)
     assert await again.run_once() == 4
     positions = [e.position for e in await pstore.read_all()]
-    assert await again.state() == {str(p): 1 for p in positions}
+    assert applied(view, await again.state()) == {str(p): 1 for p in positions}
     assert await again.checkpoint() == positions[-1]
+    assert await again.state() == await rebuild(VIEWS[view](), pstore)
 
 
 async def test_runner_follows_concurrent_writers_without_skipping(
-    store_kind, pstore: ProjectionStore, tmp_path: Path
+    store_kind, pstore: ProjectionStore, tmp_path: Path, view: str
 ) -> None:
     # Writers on their own store objects (own connections) race for positions
     # while the runner follows: a late-committing lower position must not be skipped.
     writers = (
         [pstore] * 3 if not store_kind.persistent else [store_kind.make(tmp_path) for _ in range(3)]
     )
-    runner = ProjectionRunner(pstore, PerPosition(), name="follower", batch_size=7)
+    runner = ProjectionRunner(pstore, VIEWS[view](), name="follower", batch_size=7)
     stop = asyncio.Event()
     follow = asyncio.create_task(runner.run_forever(poll_interval=0.001, stop=stop))
 
@@ -220,7 +256,7 @@ async def test_runner_follows_concurrent_writers_without_skipping(
         for w in writers:
             if w is not pstore:
                 await w.close()
-    assert await runner.state() == {str(p): 1 for p in positions}
+    assert applied(view, await runner.state()) == {str(p): 1 for p in positions}
 
 
 _RUNNER_CHILD = """
@@ -228,18 +264,19 @@ import asyncio, sys
 sys.path.insert(0, sys.argv[2])
 from agent_trace.projections import ProjectionRunner
 from agent_trace.stores import open_store
-from test_store_projections import PerPosition
+from test_store_projections import VIEWS
 
 async def main():
     store = open_store(sys.argv[1])
-    await ProjectionRunner(store, PerPosition(delay=0.001), "crashy", batch_size=7).run_once()
+    view = VIEWS[sys.argv[3]](delay=0.001)
+    await ProjectionRunner(store, view, "crashy", batch_size=7).run_once()
 
 asyncio.run(main())
 """
 
 
 def test_runner_killed_mid_run_resumes_exactly_once(
-    persistent_kind, tmp_path: Path, subprocess_env: dict[str, str]
+    persistent_kind, tmp_path: Path, subprocess_env: dict[str, str], view: str
 ) -> None:
     probe = persistent_kind.make(tmp_path)
     _skip_unless_supported(probe)
@@ -256,7 +293,7 @@ def test_runner_killed_mid_run_resumes_exactly_once(
     try:
         positions = loop.run_until_complete(setup())
         child = subprocess.Popen(
-            [sys.executable, "-c", _RUNNER_CHILD, url, str(Path(__file__).parent)],
+            [sys.executable, "-c", _RUNNER_CHILD, url, str(Path(__file__).parent), view],
             env=subprocess_env,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -278,13 +315,13 @@ def test_runner_killed_mid_run_resumes_exactly_once(
         assert 0 < killed_at < positions[-1]
 
         async def resume():
-            runner = ProjectionRunner(probe, PerPosition(), "crashy", batch_size=50)
+            runner = ProjectionRunner(probe, VIEWS[view](), "crashy", batch_size=50)
             return await runner.run_once(), await runner.state()
 
-        applied, state = loop.run_until_complete(resume())
-        assert applied == sum(1 for p in positions if p > killed_at)
-        assert state == {str(p): 1 for p in positions}
-        assert state == loop.run_until_complete(rebuild(PerPosition(), probe))
+        count, state = loop.run_until_complete(resume())
+        assert count == sum(1 for p in positions if p > killed_at)
+        assert applied(view, state) == {str(p): 1 for p in positions}
+        assert state == loop.run_until_complete(rebuild(VIEWS[view](), probe))
     finally:
         loop.run_until_complete(probe.close())
         loop.close()
