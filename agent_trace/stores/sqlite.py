@@ -432,10 +432,16 @@ def _check_schema(db: sqlite3.Connection, path: str) -> None:
             f"SQLite store {path!r} has schema version {version}; this agent_trace knows "
             f"up to {SCHEMA_VERSION}: upgrade agent_trace"
         )
-    if version < SCHEMA_VERSION:
+    if version == 0:
         raise ConnectionError(
             f"cannot open SQLite store {path!r} read-only: it holds no agent_trace events "
             "(record something into it first)"
+        )
+    if version < SCHEMA_VERSION:  # a read-only connection cannot migrate it
+        raise ConnectionError(
+            f"cannot open SQLite store {path!r} read-only: its schema version {version} is "
+            f"older than this agent_trace's {SCHEMA_VERSION}; open it once read-write "
+            "(record into it, or any agent_trace call that appends) to upgrade it"
         )
 
 
