@@ -966,6 +966,58 @@ def cmd_demo(args: argparse.Namespace, out: Output) -> int:
     return 0
 
 
+def cmd_ui(args: argparse.Namespace, out: Output) -> int:
+    """Serve a local web UI over the store until Ctrl-C (read-only; see docs/cli.md)."""
+    if importlib.util.find_spec("starlette") is None or importlib.util.find_spec("uvicorn") is None:
+        raise UsageError("agent-trace ui needs the ui extra: pip install 'agent-trace[ui]'")
+    from agent_trace.stores.base import mask_url
+    from agent_trace.ui import bind, is_loopback, serve
+
+    url = _store_url(args)
+    # With --otlp the store may start empty (ingest creates it); otherwise it must
+    # exist, and is probed through the same read-only connection the UI uses.
+    store = _open_store(url, must_exist=not args.otlp)
+    if not args.otlp:
+        from agent_trace.ui.app import read_only_store
+
+        try:
+            store = read_only_store(url)
+        except (ValueError, OSError) as exc:
+            raise UsageError(str(exc)) from None
+    asyncio.run(_probe_store(store, url))
+    try:
+        sock = bind(args.host, args.port)
+    except OSError as exc:
+        why = exc.strerror or exc
+        raise UsageError(f"cannot listen on {args.host}:{args.port}: {why}") from None
+    host, port = sock.getsockname()[:2]
+    base = f"http://{f'[{host}]' if ':' in host else host}:{port}"
+    print(f"{PROG} ui: serving {mask_url(url)} at {base}/ (Ctrl-C to stop)", file=sys.stderr)
+    if args.otlp:
+        print(f"{PROG} ui: OTLP/HTTP traces in at {base}/v1/traces", file=sys.stderr)
+    if not is_loopback(host):
+        print(
+            f"{PROG} ui: warning: listening on {host}, not loopback: anyone who can reach "
+            "this port can read every recorded session (there is no login)",
+            file=sys.stderr,
+        )
+    sys.stderr.flush()
+    serve(url, sock, otlp=args.otlp)
+    return 0
+
+
+async def _probe_store(store: EventStore, url: str) -> None:
+    """Read one event, so a store that cannot be read is a usage error before serving."""
+    from agent_trace.stores.base import mask_url
+
+    try:
+        await store.read_all(0, 1)
+    except Exception as exc:  # also sqlite3.DatabaseError: "file is not a database"
+        raise UsageError(f"cannot read the store {mask_url(url)}: {exc}") from None
+    finally:
+        await store.close()
+
+
 def _load_demo_agent() -> Any:
     """The research agent: shipped in the package, or ``examples/`` of a source checkout.
 
@@ -1022,6 +1074,11 @@ _COMMANDS: dict[str, tuple[Any, str, str]] = {
         cmd_test,
         "replay recorded sessions through your agent (exit 1 if any diverged)",
         "agent-trace test myapp.agent:handle --select since=7d,limit=200 --junit-xml replay.xml",
+    ),
+    "ui": (
+        cmd_ui,
+        "serve a local web UI over the store (extra: ui)",
+        "agent-trace ui --store sqlite:///agent_trace.db --port 6006",
     ),
     "demo": (
         cmd_demo,
@@ -1134,6 +1191,12 @@ def build_parser() -> argparse.ArgumentParser:
     te.add_argument("--junit-xml", metavar="FILE", help="also write a JUnit XML report")
     te.add_argument("--concurrency", type=_positive, default=1, help="sessions replayed at a time")
     subs["demo"].add_argument("--sessions", type=_positive, default=8, help="sessions to run")
+    u = subs["ui"]
+    u.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback)")
+    u.add_argument("--port", type=_non_negative, default=6006, help="port (default 6006; 0: any)")
+    u.add_argument(
+        "--otlp", action="store_true", help="also take OTLP/HTTP traces on POST /v1/traces"
+    )
     return parser
 
 
@@ -1172,6 +1235,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "demo":
             return cmd_demo(args, out)
+        if args.command == "ui":
+            return cmd_ui(args, out)
         return asyncio.run(_run(args, out))
     except UsageError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
@@ -1187,7 +1252,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        return 130 if args.command != "tail" else 0
+        return 130 if args.command not in ("tail", "ui") else 0  # how they stop
 
 
 if __name__ == "__main__":

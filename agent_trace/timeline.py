@@ -39,6 +39,7 @@ __all__ = ["render_html", "timeline_data"]
 _DATA_MARKER = "/*__AGENT_TRACE_DATA__*/null"
 _TITLE_MARKER = "__AGENT_TRACE_TITLE__"
 _PAYLOADS_MARKER = "__AGENT_TRACE_PAYLOADS__"
+_NAV_MARKER = "<!--__AGENT_TRACE_NAV__-->"
 
 
 def timeline_data(events: Iterable[AgentEvent]) -> dict[str, Any]:
@@ -83,11 +84,17 @@ def timeline_data(events: Iterable[AgentEvent]) -> dict[str, Any]:
     }
 
 
-def render_html(events: Iterable[AgentEvent], title: str | None = None) -> str:
-    """The whole page as one string; no external resources."""
+def render_html(
+    events: Iterable[AgentEvent], title: str | None = None, *, nav_html: str = ""
+) -> str:
+    """The whole page as one string; no external resources.
+
+    ``nav_html``: trusted markup put above the header (``agent-trace ui`` puts
+    its links there); links only, the page's policy allows no other loads.
+    """
     data = timeline_data(events)
     page_title = title or f"agent_trace · {data['session_id']}"
-    return _fill(_page_data(data), _payload_lines(data["events"]), _escape(page_title))
+    return _fill(_page_data(data), _payload_lines(data["events"]), _escape(page_title), nav_html)
 
 
 #: The keys of each span row in the page's data, in order.
@@ -139,14 +146,16 @@ def _script_safe(json: bytes) -> bytes:
     return json.replace(b"<", b"\\u003c")
 
 
-def _fill(data: bytes, payloads: bytes, title: str) -> str:
-    """The template with its three markers replaced, in one pass (a payload may
+def _fill(data: bytes, payloads: bytes, title: str, nav: str = "") -> str:
+    """The template with its four markers replaced, in one pass (a payload may
     contain a marker's text: it must not be replaced in turn)."""
     template = resources.files("agent_trace").joinpath("timeline.html").read_text("utf-8")
     head, rest = template.split(_TITLE_MARKER, 1)
+    top, rest = rest.split(_NAV_MARKER, 1)
     middle, rest = rest.split(_DATA_MARKER, 1)
     before, tail = rest.split(_PAYLOADS_MARKER, 1)
-    return "".join((head, title, middle, data.decode(), before, payloads.decode(), tail))
+    parts = (head, title, top, nav, middle, data.decode(), before, payloads.decode(), tail)
+    return "".join(parts)
 
 
 def _span(

@@ -228,6 +228,13 @@ async def test_a_store_of_an_earlier_release_still_verifies_and_gains_the_chain(
         conn.execute(f"INSERT INTO events VALUES ({','.join('?' * 12)})", _reorder(row)[:12])
     conn.close()
 
+    # Read-only (it cannot be migrated then): readable, and it verifies.
+    readonly = SQLiteStore(path, read_only=True)
+    assert len(await readonly.read_all()) == 3
+    assert (await at.verify_store(readonly)).ok
+    assert (await at.verify_session("old", readonly)).ok
+    await readonly.close()
+
     store = SQLiteStore(path)
     assert (await at.verify_store(store)).ok
     await store.append([_event("old", 9), _event("new", 0)])

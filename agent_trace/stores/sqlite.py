@@ -60,6 +60,9 @@ _Pair = tuple[aiosqlite.Connection, sqlite3.Connection]
 
 # 1: events and triggers; 2: the store chain column (SPEC 8, the global order).
 SCHEMA_VERSION = 2
+# A read-only connection cannot migrate; schema 1 lacks only the store chain
+# column, which reads do without (verification sees no links: an earlier release).
+_READABLE_FROM = 1
 _SYNCHRONOUS = ("OFF", "NORMAL", "FULL", "EXTRA")
 # Well under SQLite's bound-parameter limit (999 before 3.32).
 _CHUNK = 500
@@ -179,6 +182,10 @@ class SQLiteStore:
     built; ``":memory:"`` gives a private in-memory database. A missing or
     unwritable directory raises ``ConnectionError``/``PermissionError`` naming
     the path right here; the file itself is created on first use.
+
+    ``read_only=True`` opens an existing file with SQLite's ``mode=ro`` (for
+    viewers such as ``agent-trace ui``): it creates nothing, sets no PRAGMA
+    that writes, and ``append`` raises ``StoreError``.
     """
 
     def __init__(
@@ -187,6 +194,7 @@ class SQLiteStore:
         *,
         busy_timeout_ms: int = 30_000,
         synchronous: str = "NORMAL",
+        read_only: bool = False,
     ) -> None:
         path = os.fspath(path)
         self.path = path if path == ":memory:" else os.path.abspath(path)
@@ -196,10 +204,13 @@ class SQLiteStore:
             raise ValueError(f"synchronous must be one of {_SYNCHRONOUS}, got {synchronous!r}")
         self.busy_timeout_ms = busy_timeout_ms
         self.synchronous = str(synchronous).upper()
+        self.read_only = bool(read_only)
+        if self.read_only and self.path == ":memory:":
+            raise ValueError("a read-only SQLite store needs a file, not ':memory:'")
         if self.path != ":memory:":
             # A few stat calls, so a mistyped path fails where it is configured
             # rather than later in a background writer. Nothing is opened yet.
-            _check_path(self.path)
+            _check_path(self.path, self.read_only)
         self._guard = threading.Lock()
         self._conn: _Pair | None = None
         self._file: FileId | None = None  # the file the connection opened
@@ -209,7 +220,7 @@ class SQLiteStore:
         self._inline_conns: list[sqlite3.Connection] = []
 
     def __repr__(self) -> str:
-        return f"SQLiteStore({self.path!r})"
+        return f"SQLiteStore({self.path!r}{', read_only=True' if self.read_only else ''})"
 
     # --- the protocol ----------------------------------------------------------
 
@@ -217,12 +228,14 @@ class SQLiteStore:
         """Durably append in one transaction; skip known event ids; return the count."""
         if not events:
             return 0
+        self._check_writable()
         return await self._append_items(checked_captured(events))
 
     async def append_captured(self, items: Sequence[Captured]) -> int:
         """:meth:`append` for the recorder's captured tuples (no JSON round trip)."""
         if not items:
             return 0
+        self._check_writable()
         return await self._append_items(list(items))
 
     async def _append_items(self, items: list[Captured]) -> int:
@@ -251,6 +264,10 @@ class SQLiteStore:
         """
         limit = check_limit(limit)
         return await self._run(_stored_rows, session_id, after_position, limit)
+
+    def _check_writable(self) -> None:
+        if self.read_only:
+            raise StoreError(f"SQLite store {self.path!r} is open read-only: cannot append")
 
     async def get_events(
         self,
@@ -298,7 +315,7 @@ class SQLiteStore:
         local = self._inline
         conn = getattr(local, "conn", None)
         if conn is None or local.pid != os.getpid():
-            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            conn = _connect(self.path, self.read_only, check_same_thread=False)
             conn.execute(f"PRAGMA busy_timeout = {self.busy_timeout_ms}")
             local.conn, local.pid = conn, os.getpid()
             with self._guard:
@@ -334,6 +351,7 @@ class SQLiteStore:
     ) -> None:
         """Store state and checkpoint in one transaction if the stored checkpoint is expected."""
         check_projection_name(name)
+        self._check_writable()
         await self._run(_save_projection, name, state_json, checkpoint, expected_checkpoint)
 
     async def save_projection_entries(
@@ -390,11 +408,11 @@ class SQLiteStore:
     async def _open(self) -> _Pair:
         path = self.path
         if path != ":memory:":
-            _check_path(path)  # again: clearer errors than SQLite's if it changed since
+            _check_path(path, self.read_only)  # again: clearer errors than SQLite's
         opened: list[sqlite3.Connection] = []
 
         def connect() -> sqlite3.Connection:
-            opened.append(sqlite3.connect(path, isolation_level=None))
+            opened.append(_connect(path, self.read_only))
             return opened[0]
 
         conn = aiosqlite.Connection(connect, iter_chunk_size=64)
@@ -420,6 +438,9 @@ class SQLiteStore:
     def _set_up(self, db: sqlite3.Connection) -> None:
         """PRAGMAs and schema (runs on the connection thread)."""
         db.execute(f"PRAGMA busy_timeout = {self.busy_timeout_ms}")
+        if self.read_only:
+            _check_schema(db, self.path)
+            return
         # Switching a new file to WAL while other processes open it too can fail
         # with SQLITE_BUSY at once (SQLite skips the busy handler to avoid a
         # deadlock), so the setup retries until busy_timeout.
@@ -436,7 +457,15 @@ class SQLiteStore:
                 time.sleep(0.005)
 
 
-def _check_path(path: str) -> None:
+def _connect(path: str, read_only: bool, **kwargs: Any) -> sqlite3.Connection:
+    """A connection in autocommit mode; ``read_only`` opens the file with ``mode=ro``."""
+    if not read_only:
+        return sqlite3.connect(path, isolation_level=None, **kwargs)
+    uri = Path(path).as_uri() + "?mode=ro"
+    return sqlite3.connect(uri, uri=True, isolation_level=None, **kwargs)
+
+
+def _check_path(path: str, read_only: bool = False) -> None:
     p = Path(path)
     parent = p.parent
     where = f"cannot open SQLite store {path!r}"
@@ -444,6 +473,12 @@ def _check_path(path: str) -> None:
         raise ConnectionError(f"{where}: directory {str(parent)!r} does not exist")
     if p.is_dir():
         raise ConnectionError(f"{where}: it is a directory")
+    if read_only:
+        if not p.is_file():
+            raise ConnectionError(f"{where} read-only: the file does not exist")
+        if not os.access(p, os.R_OK):
+            raise PermissionError(f"{where}: the file is not readable")
+        return
     # WAL mode creates -wal and -shm files beside the database.
     if not os.access(parent, os.W_OK | os.X_OK):
         raise PermissionError(f"{where}: directory {str(parent)!r} is not writable")
@@ -456,6 +491,30 @@ def _is_busy(exc: sqlite3.OperationalError) -> bool:
     if code is not None:
         return code & 0xFF in (5, 6)  # SQLITE_BUSY, SQLITE_LOCKED and their extended codes
     return "locked" in str(exc) or "busy" in str(exc)
+
+
+def _check_schema(db: sqlite3.Connection, path: str) -> None:
+    """For a read-only connection: the file holds an agent_trace store this version reads."""
+    try:
+        (version,) = db.execute("PRAGMA user_version").fetchone()
+    except sqlite3.DatabaseError as exc:
+        raise ConnectionError(f"cannot open SQLite store {path!r}: {exc}") from exc
+    if version > SCHEMA_VERSION:
+        raise StoreError(
+            f"SQLite store {path!r} has schema version {version}; this agent_trace knows "
+            f"up to {SCHEMA_VERSION}: upgrade agent_trace"
+        )
+    if version == 0:
+        raise ConnectionError(
+            f"cannot open SQLite store {path!r} read-only: it holds no agent_trace events "
+            "(record something into it first)"
+        )
+    if version < _READABLE_FROM:  # a read-only connection cannot migrate it
+        raise ConnectionError(
+            f"cannot open SQLite store {path!r} read-only: its schema version {version} is "
+            f"older than this agent_trace's {SCHEMA_VERSION}; open it once read-write "
+            "(record into it, or any agent_trace call that appends) to upgrade it"
+        )
 
 
 def _ensure_schema(db: sqlite3.Connection, path: str) -> None:
@@ -609,15 +668,16 @@ def _stored_rows(
 ) -> list[tuple[Any, ...]]:
     # Text columns as bytes: a row whose text is not valid UTF-8 is reported by
     # the verifier instead of failing the whole read.
+    (version,) = db.execute("PRAGMA user_version").fetchone()
+    # Schema 1 (opened read-only, so not migrated) has no store chain column.
+    columns = _STORED_COLUMNS if version >= 2 else f"{_COLUMNS}, NULL"
     db.text_factory = bytes
     try:
         if session_id is not None:
-            sql = f"SELECT {_STORED_COLUMNS} FROM events WHERE session_id = ? ORDER BY version"
+            sql = f"SELECT {columns} FROM events WHERE session_id = ? ORDER BY version"
             rows = db.execute(sql, (session_id,)).fetchall()
         else:
-            sql = (
-                f"SELECT {_STORED_COLUMNS} FROM events WHERE position > ? ORDER BY position LIMIT ?"
-            )
+            sql = f"SELECT {columns} FROM events WHERE position > ? ORDER BY position LIMIT ?"
             rows = db.execute(sql, (after_position, -1 if limit is None else limit)).fetchall()
     finally:
         db.text_factory = str
