@@ -37,6 +37,9 @@ class Settings:
     durability: Durability = "batched"
     max_buffer: int = 100_000
     batch_size: int = 5_000
+    #: Seconds an event may wait in memory for others to share its batch's
+    #: transaction. flush(), a session's end, a full batch and
+    #: durability="immediate" never wait for it.
     flush_interval: float = 0.05
     flush_on_session_end: bool = True
     flush_timeout: float = 30.0

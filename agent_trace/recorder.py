@@ -127,6 +127,7 @@ class Recorder:
         # on the writer thread) may hold it at once.
         self._in_store = threading.RLock()
         self._async_waiters: list[_AsyncWaiter] = []
+        self._sync_waiters = 0  # threads in wait_sync(): the writer must not linger
         self._thread: threading.Thread | None = None
         self._stopping = False
         self._store: EventStore | None = None
@@ -141,6 +142,7 @@ class Recorder:
         self.max_buffer = settings.max_buffer
         self.immediate = settings.durability == "immediate"
         self.capture_options = settings.capture
+        self._full = min(settings.batch_size, settings.max_buffer)
 
     # --- caller side -------------------------------------------------------
 
@@ -163,9 +165,12 @@ class Recorder:
         queue.append(
             (_now(), session_id, event_type, payload_json, span_id, parent_span_id, schema_version)
         )
-        if len(queue) == 1:
+        queued = len(queue)
+        if queued == 1:
             if self._thread is None:
                 self._start()
+            self._wake.set()
+        elif queued == self._full:  # a whole batch waits: no reason to linger
             self._wake.set()
 
     def emit(
@@ -198,6 +203,8 @@ class Recorder:
         if queued == 1:  # as in enqueue: the writer drains a non-empty queue by itself
             if self._thread is None:
                 self._start()
+            self._wake.set()
+        elif queued == self._full:
             self._wake.set()
         return n
 
@@ -235,13 +242,19 @@ class Recorder:
         if threading.current_thread() is self._thread:
             raise RuntimeError("flush_sync() cannot be called from the agent_trace writer thread")
         deadline = None if timeout is None else time.monotonic() + timeout
-        self._wake.set()
         with self._changed:
-            while self._written < target:
-                left = None if deadline is None else deadline - time.monotonic()
-                if left is not None and left <= 0:
-                    return False
-                self._changed.wait(0.1 if left is None else min(left, 0.1))
+            self._sync_waiters += 1
+        self._wake.set()
+        try:
+            with self._changed:
+                while self._written < target:
+                    left = None if deadline is None else deadline - time.monotonic()
+                    if left is not None and left <= 0:
+                        return False
+                    self._changed.wait(0.1 if left is None else min(left, 0.1))
+        finally:
+            with self._changed:
+                self._sync_waiters -= 1
         return self._check_lost(target, durable)
 
     def _check_lost(self, target: int, durable: bool | None) -> bool:
@@ -390,6 +403,13 @@ class Recorder:
                         return
                     self._wake.wait(0.5)
                     continue
+                if self._may_linger():
+                    # Let the events of a busy moment share one transaction: an
+                    # agent emits a few events per LLM call, and waking for each
+                    # one cost a commit per call (a recorded OpenAI call: 229-303
+                    # -> 89 us of process CPU, benchmarks/bench_llm_clients.py).
+                    # A flush, a full batch or "immediate" cut the wait short.
+                    self._wake.wait(self._settings.flush_interval)
                 batch = self._take_batch()
                 wp = self._writer_proc
                 if wp is None:
@@ -404,6 +424,18 @@ class Recorder:
             while in_flight:
                 loop.run_until_complete(in_flight.popleft()[0])
             loop.close()
+
+    def _may_linger(self) -> bool:
+        """Whether the writer may wait ``flush_interval`` for more events before a batch."""
+        return (
+            self._settings.flush_interval > 0
+            and not self.immediate
+            and not self._stopping
+            and len(self.queue) < self._full
+            and not self._sync_waiters
+            and not self._async_waiters
+            and not self._wake.is_set()
+        )
 
     def _take_batch(self) -> _Batch:
         q = self.queue
