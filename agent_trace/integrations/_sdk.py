@@ -89,16 +89,35 @@ class SDK:
         """Server-sent events that the SDK parses back into the recorded stream."""
         raise NotImplementedError
 
-    def replay_client(self, is_async: bool, transport: Any) -> Any:
-        """A client of this SDK whose HTTP goes to ``transport``."""
-        raise NotImplementedError
-
-    def http_module(self) -> Any:
-        """The httpx-like package this SDK is built on (``httpx`` or ``httpx2``)."""
-        raise NotImplementedError
+    #: The SDK's package (``openai``, ``anthropic``) and its (sync, async) client classes.
+    module: Any = None
+    sync_client: str = ""
+    async_client: str = ""
+    replay_url: str = "http://agent-trace.replay"
 
     def client_classes(self) -> tuple[type, ...]:
-        raise NotImplementedError
+        return (getattr(self.module, self.sync_client), getattr(self.module, self.async_client))
+
+    def http_module(self) -> Any:
+        """The httpx-like package this SDK is built on (``httpx``, or ``httpx2`` since
+        openai 3 / anthropic 2): the base of the SDK's own default HTTP client."""
+        import importlib
+
+        return importlib.import_module(self.module.DefaultHttpxClient.__mro__[1].__module__)
+
+    def replay_client(self, is_async: bool, transport: Any) -> Any:
+        """A client of this SDK whose HTTP goes to ``transport`` (no retries)."""
+        http = self.http_module()
+        sync_cls, async_cls = self.client_classes()
+        http_client = (
+            http.AsyncClient(transport=transport) if is_async else http.Client(transport=transport)
+        )
+        return (async_cls if is_async else sync_cls)(
+            api_key="agent-trace-replay",
+            base_url=self.replay_url,
+            max_retries=0,
+            http_client=http_client,
+        )
 
 
 def request_args(kwargs: dict[str, Any]) -> dict[str, Any]:

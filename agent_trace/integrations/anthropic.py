@@ -47,31 +47,12 @@ def _targets() -> tuple[Target, ...]:
 class AnthropicSDK(SDK):
     provider = "anthropic"
     targets = _targets()
+    module = anthropic
+    sync_client, async_client = "Anthropic", "AsyncAnthropic"
+    replay_url = "http://agent-trace.replay"
 
     def assembler(self, shape: str) -> Assembler:
         return AnthropicStreamAssembler()
-
-    def http_module(self) -> Any:
-        import importlib
-
-        # The SDK's own HTTP package: httpx before anthropic 2, httpx2 since.
-        return importlib.import_module(anthropic.DefaultHttpxClient.__mro__[1].__module__)
-
-    def client_classes(self) -> tuple[type, ...]:
-        return (anthropic.Anthropic, anthropic.AsyncAnthropic)
-
-    def replay_client(self, is_async: bool, transport: Any) -> Any:
-        http = self.http_module()
-        cls = anthropic.AsyncAnthropic if is_async else anthropic.Anthropic
-        http_client = (
-            http.AsyncClient(transport=transport) if is_async else http.Client(transport=transport)
-        )
-        return cls(
-            api_key="agent-trace-replay",
-            base_url="http://agent-trace.replay",
-            max_retries=0,
-            http_client=http_client,
-        )
 
     def sse(self, shape: str, response: Any, chunks: int | None) -> bytes:
         events = _message_events(response if isinstance(response, dict) else {}, chunks)

@@ -52,31 +52,12 @@ def _targets() -> tuple[Target, ...]:
 class OpenAISDK(SDK):
     provider = "openai"
     targets = _targets()
+    module = openai
+    sync_client, async_client = "OpenAI", "AsyncOpenAI"
+    replay_url = "http://agent-trace.replay/v1"
 
     def assembler(self, shape: str) -> Assembler:
         return ResponsesStreamAssembler() if shape == "responses" else ChatStreamAssembler()
-
-    def http_module(self) -> Any:
-        import importlib
-
-        # The SDK's own HTTP package: httpx before openai 3, httpx2 since.
-        return importlib.import_module(openai.DefaultHttpxClient.__mro__[1].__module__)
-
-    def client_classes(self) -> tuple[type, ...]:
-        return (openai.OpenAI, openai.AsyncOpenAI)
-
-    def replay_client(self, is_async: bool, transport: Any) -> Any:
-        http = self.http_module()
-        cls = openai.AsyncOpenAI if is_async else openai.OpenAI
-        http_client = (
-            http.AsyncClient(transport=transport) if is_async else http.Client(transport=transport)
-        )
-        return cls(
-            api_key="agent-trace-replay",
-            base_url="http://agent-trace.replay/v1",
-            max_retries=0,
-            http_client=http_client,
-        )
 
     def sse(self, shape: str, response: Any, chunks: int | None) -> bytes:
         if not isinstance(response, dict):

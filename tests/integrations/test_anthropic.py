@@ -34,18 +34,18 @@ def of_type(events, event_type):
 def test_messages_create_counts_cached_input(instrumented):
     client = anthropic_client(FakeServer())
     with at.session("msg"):
-        msg = client.messages.create(model="claude-sonnet-4-5", max_tokens=100, messages=USER)
+        msg = client.messages.create(model="claude-sonnet-4-6", max_tokens=100, messages=USER)
     assert type(msg) is anthropic.types.Message and msg.content[0].text == "Bonjour! Paris it is."
     events = events_of("msg")
     started = of_type(events, "llm_started")[0].payload
     assert started == {
         "name": "anthropic.messages.create",
         "provider": "anthropic",
-        "model": "claude-sonnet-4-5",
-        "args": {"model": "claude-sonnet-4-5", "max_tokens": 100, "messages": USER},
+        "model": "claude-sonnet-4-6",
+        "args": {"model": "claude-sonnet-4-6", "max_tokens": 100, "messages": USER},
     }
     p = of_type(events, "llm_responded")[0].payload
-    assert p["response_model"] == "claude-sonnet-4-5-20250929"
+    assert p["response_model"] == "claude-sonnet-4-6-20260217"
     assert p["finish_reasons"] == ["end_turn"]
     # Anthropic's input_tokens leave out the cache; ours count every prompt token.
     assert p["usage"] == {
@@ -64,7 +64,7 @@ def test_create_stream_assembles_text_and_tool_input(instrumented):
     client = anthropic_client(server)
     with at.session("raw-stream"):
         stream = client.messages.create(
-            model="claude-sonnet-4-5", max_tokens=100, messages=USER, stream=True
+            model="claude-sonnet-4-6", max_tokens=100, messages=USER, stream=True
         )
         assert isinstance(stream, anthropic.Stream)
         kinds = []
@@ -91,7 +91,7 @@ def test_stream_helper_text_stream_and_final_message(instrumented):
     client = anthropic_client(FakeServer())
     with at.session("helper"):
         with client.messages.stream(
-            model="claude-sonnet-4-5", max_tokens=100, messages=USER
+            model="claude-sonnet-4-6", max_tokens=100, messages=USER
         ) as stream:
             text = "".join(stream.text_stream)
             final = stream.get_final_message()
@@ -108,7 +108,7 @@ def test_stream_helper_left_early_is_incomplete(instrumented):
     client = anthropic_client(FakeServer())
     with (
         at.session("helper-early"),
-        client.messages.stream(model="claude-sonnet-4-5", max_tokens=10, messages=USER) as s,
+        client.messages.stream(model="claude-sonnet-4-6", max_tokens=10, messages=USER) as s,
     ):
         next(iter(s))
     p = of_type(events_of("helper-early"), "llm_responded")[0].payload
@@ -118,9 +118,9 @@ def test_stream_helper_left_early_is_incomplete(instrumented):
 async def test_async_stream_helper_and_create(instrumented):
     client = anthropic_client(AsyncFakeServer(), is_async=True)
     async with at.session("async-helper"):
-        msg = await client.messages.create(model="claude-sonnet-4-5", max_tokens=50, messages=USER)
+        msg = await client.messages.create(model="claude-sonnet-4-6", max_tokens=50, messages=USER)
         async with client.messages.stream(
-            model="claude-sonnet-4-5", max_tokens=100, messages=USER
+            model="claude-sonnet-4-6", max_tokens=100, messages=USER
         ) as stream:
             text = "".join([t async for t in stream.text_stream])
             final = await stream.get_final_message()
@@ -142,7 +142,7 @@ def test_overloaded_error_is_recorded_and_raised(instrumented):
     client = anthropic_client(server)
     with at.session("529"), pytest.raises(anthropic.APIStatusError) as info:
         client.messages.create(
-            model="claude-sonnet-4-5", max_tokens=10, messages=[{"role": "user", "content": "busy"}]
+            model="claude-sonnet-4-6", max_tokens=10, messages=[{"role": "user", "content": "busy"}]
         )
     assert info.value.status_code == 529
     failed = of_type(events_of("529"), "llm_failed")[0].payload
@@ -158,28 +158,28 @@ def test_replay_returns_messages_and_streams(instrumented):
     client = anthropic_client(server)
     busy = [{"role": "user", "content": "busy"}]
     with at.session("anthropic-replay"):
-        client.messages.create(model="claude-sonnet-4-5", max_tokens=100, messages=USER)
+        client.messages.create(model="claude-sonnet-4-6", max_tokens=100, messages=USER)
         for _ in client.messages.create(
-            model="claude-sonnet-4-5", max_tokens=100, messages=USER, stream=True
+            model="claude-sonnet-4-6", max_tokens=100, messages=USER, stream=True
         ):
             pass
-        with client.messages.stream(model="claude-sonnet-4-5", max_tokens=100, messages=USER) as s:
+        with client.messages.stream(model="claude-sonnet-4-6", max_tokens=100, messages=USER) as s:
             s.until_done()
         with pytest.raises(anthropic.RateLimitError):
-            client.messages.create(model="claude-sonnet-4-5", max_tokens=100, messages=busy)
+            client.messages.create(model="claude-sonnet-4-6", max_tokens=100, messages=busy)
     sent = len(server.requests)
     with replay("anthropic-replay", mock=("llm",)) as r:
-        msg = client.messages.create(model="claude-sonnet-4-5", max_tokens=100, messages=USER)
+        msg = client.messages.create(model="claude-sonnet-4-6", max_tokens=100, messages=USER)
         raw = list(
             client.messages.create(
-                model="claude-sonnet-4-5", max_tokens=100, messages=USER, stream=True
+                model="claude-sonnet-4-6", max_tokens=100, messages=USER, stream=True
             )
         )
-        with client.messages.stream(model="claude-sonnet-4-5", max_tokens=100, messages=USER) as s:
+        with client.messages.stream(model="claude-sonnet-4-6", max_tokens=100, messages=USER) as s:
             text = "".join(s.text_stream)
             final = s.get_final_message()
         with pytest.raises(anthropic.RateLimitError):
-            client.messages.create(model="claude-sonnet-4-5", max_tokens=100, messages=busy)
+            client.messages.create(model="claude-sonnet-4-6", max_tokens=100, messages=busy)
     assert len(server.requests) == sent and r.served == 4
     assert type(msg) is anthropic.types.Message
     assert msg.model_dump()["content"][0]["text"] == "Bonjour! Paris it is."
