@@ -363,6 +363,7 @@ class SQLiteStore:
     ) -> None:
         """Set (or delete, ``None``) entries and move the checkpoint in one transaction."""
         check_projection_name(name)
+        self._check_writable()
         await self._run(
             _save_projection_entries, name, dict(entries), checkpoint, expected_checkpoint
         )
