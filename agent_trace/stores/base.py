@@ -38,7 +38,15 @@ from agent_trace.events import (
     event_from_values,
 )
 
-__all__ = ["EventStore", "SessionInfo", "StoreError", "assign_chain", "mask_url"]
+__all__ = [
+    "EventStore",
+    "SessionFilter",
+    "SessionIndexStore",
+    "SessionInfo",
+    "StoreError",
+    "assign_chain",
+    "mask_url",
+]
 
 
 class StoreError(RuntimeError):
@@ -55,6 +63,24 @@ class SessionInfo:
     event_count: int
     last_version: int
     metadata: dict[str, Any] = field(default_factory=dict)
+    # From the sessions index: filled in by ``SessionIndexStore.query_sessions``;
+    # ``list_sessions`` (every store alike) leaves the defaults.
+    status: str = "open"
+    duration_ms: float | None = None
+    tool_calls: int = 0
+    llm_calls: int = 0
+    decisions: int = 0
+    failures: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    total_tokens: int = 0
+    #: model -> {"calls", "input_tokens", "output_tokens", "total_tokens"}
+    models: dict[str, dict[str, int]] = field(default_factory=dict)
+    #: distinct tools called (executed or failed), sorted
+    tools: list[str] = field(default_factory=list)
+    agent: str | None = None
+    first_position: int = 0
+    last_position: int = 0
 
 
 @runtime_checkable
@@ -350,7 +376,7 @@ class EventIndex:
     """
 
     __slots__ = (
-        "_sessions", "heads", "ids", "last_position", "session_positions", "store_head"
+        "heads", "ids", "last_position", "session_positions", "sessions", "store_head"
     )  # fmt: skip
 
     def __init__(self) -> None:
@@ -361,8 +387,8 @@ class EventIndex:
         self.last_position = 0
         #: The store chain's last link (None before the first row that has one).
         self.store_head: str | None = None
-        # session id -> [started_at, last_activity, first_position, metadata JSON or None]
-        self._sessions: dict[str, list[Any]] = {}
+        #: session id -> its sessions-index entry (``fold_index``)
+        self.sessions: dict[str, dict[str, Any]] = {}
 
     def seal(self, items: Sequence[Captured]) -> list[tuple[Any, ...]]:
         """Rows for the batch's new events, following the index; the index is unchanged."""
@@ -400,49 +426,48 @@ class EventIndex:
         if len(row) > 12 and row[12] is not None:
             self.store_head = row[12]
         self.last_position = position
-        ts = row[3]
-        info = self._sessions.get(sid)
-        if info is None:
-            info = self._sessions[sid] = [ts, ts, position, None]
+        positions = self.session_positions.get(sid)
+        if positions is None:
             self.session_positions[sid] = [position]
         else:
-            self.session_positions[sid].append(position)
-            if ts < info[0]:
-                info[0] = ts
-            elif ts > info[1]:
-                info[1] = ts
-        if info[3] is None and row[2] == "session_started":
-            if payload is None:
-                payload = orjson.loads(row[4])
-            info[3] = orjson.dumps(session_metadata(payload))
+            positions.append(position)
+        fold_index(self.sessions, sid, row[2], row[3], row[4], version, position, payload)
 
     def positions(self, session_id: str, after_version: int = 0) -> list[int]:
         """Positions of the session's events with ``version > after_version``."""
         return self.session_positions.get(session_id, [])[max(after_version, 0) :]
 
-    def session_infos(self, limit: int | None = None) -> list[SessionInfo]:
-        """Sessions newest-started first (ties: the later first position first)."""
-        items = self._sessions.items()
+    def session_infos(
+        self, limit: int | None = None, filter: SessionFilter | None = None, full: bool = False
+    ) -> list[SessionInfo]:
+        """Sessions newest-started first (ties: the later first position first);
+        ``full``: with every field of the index (``query_sessions``)."""
+        entries: Iterable[dict[str, Any]] = self.sessions.values()
+        if filter is not None:
+            entries = [e for e in entries if filter.matches(e)]
         if limit is None:
-            ordered = sorted(items, key=_started_key, reverse=True)
+            ordered = sorted(entries, key=_started_key, reverse=True)
         else:
-            ordered = heapq.nlargest(limit, items, key=_started_key)
+            ordered = heapq.nlargest(limit, entries, key=_started_key)
+        # Copies of the mutable fields: a caller changing what it got back
+        # must not change the index.
+        copy = orjson.loads
+        dumps = orjson.dumps
         return [
-            SessionInfo(
-                session_id=sid,
-                started_at=info[0],
-                last_activity=info[1],
-                event_count=len(self.session_positions[sid]),
-                last_version=self.heads[sid][0],
-                metadata=orjson.loads(info[3]) if info[3] is not None else {},
+            info_from_entry(
+                {**e, "metadata": copy(dumps(e["metadata"])), "models": copy(dumps(e["models"]))},
+                full,
             )
-            for sid, info in ordered
+            for e in ordered
         ]
 
+    def totals(self) -> dict[str, Any]:
+        """``SessionIndexStore.session_totals`` over the indexed sessions."""
+        return totals_of(self.sessions.values())
 
-def _started_key(item: tuple[str, list[Any]]) -> tuple[str, int]:
-    info = item[1]
-    return (info[0], info[2])
+
+def _started_key(e: dict[str, Any]) -> tuple[str, int]:
+    return (e["started_at"], e["first_position"])
 
 
 # --- projection checkpoints: an optional extension of the protocol -----------
@@ -600,3 +625,274 @@ def projection_conflict(name: str, expected: int, found: int) -> ProjectionConfl
         f"{expected}, found {found}. Run one ProjectionRunner per name; this one's "
         "unsaved work was discarded"
     )
+
+
+# --- the sessions index: one summary row per session, kept at append ---------
+#
+# Every bundled store keeps it in its append transaction (SQLite and
+# PostgreSQL: a ``sessions`` table written with the events; memory and JSONL:
+# ``EventIndex``), so listing, filtering and counting sessions costs the page
+# asked for, not a scan of the events. The fold below is the one place its
+# semantics live; it matches ``projections.build_session_summary`` (counts,
+# tokens, status) so the CLI's table reads the same from either.
+
+#: What an event type contributes to its session's index entry.
+_IX_STARTED, _IX_ENDED, _IX_TOOL, _IX_TOOL_FAILED, _IX_LLM, _IX_LLM_FAILED = range(6)
+_IX_DECISION, _IX_RESPONSE, _IX_ERROR = range(6, 9)
+_INDEX_KINDS: dict[str, int] = {
+    "session_started": _IX_STARTED,
+    "session_ended": _IX_ENDED,
+    "tool_executed": _IX_TOOL,
+    "tool_failed": _IX_TOOL_FAILED,
+    "llm_responded": _IX_LLM,
+    "llm_failed": _IX_LLM_FAILED,
+    "decision_made": _IX_DECISION,
+    "response_generated": _IX_RESPONSE,
+    "error_occurred": _IX_ERROR,
+}
+
+#: The index entry's fields, in the column order of the SQL stores' ``sessions`` table.
+INDEX_FIELDS = (
+    "session_id", "started_at", "last_activity", "first_position", "last_position",
+    "event_count", "last_version", "status", "duration_ms", "tool_calls", "llm_calls",
+    "decisions", "failures", "input_tokens", "output_tokens", "total_tokens", "models",
+    "tools", "agent", "metadata",
+)  # fmt: skip
+#: Fields held as JSON text in SQL (``models``, ``tools``, ``metadata``).
+INDEX_JSON_FIELDS = frozenset({"models", "tools", "metadata"})
+
+
+def new_index_entry(session_id: str, timestamp: str, position: int) -> dict[str, Any]:
+    """An empty index entry for a session whose first event is at ``position``."""
+    return {
+        "session_id": session_id,
+        "started_at": timestamp,
+        "last_activity": timestamp,
+        "first_position": position,
+        "last_position": position,
+        "event_count": 0,
+        "last_version": 0,
+        "status": "open",
+        "duration_ms": None,
+        "tool_calls": 0,
+        "llm_calls": 0,
+        "decisions": 0,
+        "failures": 0,
+        "input_tokens": 0,
+        "output_tokens": 0,
+        "total_tokens": 0,
+        "models": {},  # model -> {"calls", "input_tokens", "output_tokens", "total_tokens"}
+        "tools": [],  # distinct tool names, sorted
+        "agent": None,
+        "metadata": None,  # None until a session_started is seen
+    }
+
+
+def _count(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+def fold_index(
+    entries: dict[str, dict[str, Any]],
+    sid: str,
+    etype: str,
+    ts: str,
+    payload_json: str | bytes | None,
+    version: int,
+    position: int,
+    payload: Any = None,
+) -> None:
+    """Fold one stored event into ``entries`` (session id -> index entry), in place.
+
+    Only the payloads of the event types that count are decoded (unless
+    ``payload``, already decoded, is given), so the cost at append is a dict
+    lookup for most events.
+    """
+    e = entries.get(sid)
+    if e is None:
+        e = entries[sid] = new_index_entry(sid, ts, position)
+    e["event_count"] += 1
+    e["last_version"] = version
+    e["last_position"] = position
+    if ts > e["last_activity"]:
+        e["last_activity"] = ts
+    elif ts < e["started_at"]:
+        e["started_at"] = ts
+    kind = _INDEX_KINDS.get(etype)
+    if kind is None:
+        if not etype.endswith("_failed"):
+            return
+        kind = _IX_ERROR
+    p = payload if payload_json is None else orjson.loads(payload_json)
+    if not isinstance(p, dict):
+        p = {}
+    if kind == _IX_LLM:
+        e["llm_calls"] += 1
+        usage = p.get("usage")
+        inp = out = total = 0
+        if isinstance(usage, dict):
+            inp, out = _count(usage.get("input_tokens")), _count(usage.get("output_tokens"))
+            raw_total = usage.get("total_tokens")
+            total = _count(raw_total) if raw_total is not None else inp + out
+        e["input_tokens"] += inp
+        e["output_tokens"] += out
+        e["total_tokens"] += total
+        model = p.get("response_model") or p.get("model")
+        if isinstance(model, str):
+            m = e["models"].setdefault(
+                model, {"calls": 0, "input_tokens": 0, "output_tokens": 0, "total_tokens": 0}
+            )
+            m["calls"] += 1
+            m["input_tokens"] += inp
+            m["output_tokens"] += out
+            m["total_tokens"] += total
+    elif kind in (_IX_TOOL, _IX_TOOL_FAILED):
+        e["tool_calls"] += 1
+        if kind == _IX_TOOL_FAILED:
+            e["failures"] += 1
+        tool = p.get("tool")
+        if isinstance(tool, str) and tool not in e["tools"]:
+            e["tools"] = sorted([*e["tools"], tool])
+    elif kind == _IX_DECISION:
+        e["decisions"] += 1
+    elif kind == _IX_RESPONSE:
+        e["total_tokens"] += _count(p.get("tokens_used"))
+    elif kind == _IX_ENDED:
+        status = p.get("status", "ok")
+        e["status"] = status if isinstance(status, str) else str(status)
+        if isinstance(p.get("duration_ms"), (int, float)):
+            e["duration_ms"] = p["duration_ms"]
+    elif kind == _IX_STARTED:
+        if e["metadata"] is None:
+            meta = session_metadata(p)
+            e["metadata"] = meta
+            agent = meta.get("agent", p.get("agent"))
+            if e["agent"] is None and isinstance(agent, str):
+                e["agent"] = agent
+    else:  # _IX_LLM_FAILED, _IX_ERROR, any other *_failed
+        if kind == _IX_LLM_FAILED:
+            e["llm_calls"] += 1
+        e["failures"] += 1
+
+
+def fold_index_flat(entries: dict[str, dict[str, Any]], flat: Sequence[Any]) -> None:
+    """:func:`fold_index` over rows laid end to end (``seal_captured_flat``)."""
+    fold = fold_index
+    for i in range(0, len(flat), ROW_WIDTH):
+        fold(entries, flat[i + 1], flat[i + 2], flat[i + 3], flat[i + 4], flat[i + 5], flat[i + 6])
+
+
+@dataclass(frozen=True, slots=True)
+class SessionFilter:
+    """Which sessions ``query_sessions`` returns (every field optional, all must hold).
+
+    ``failed``: ended with status error/cancelled or has a failure event;
+    ``tool``: called this tool (executed or failed); ``model``: an LLM call
+    answered by this model; ``status``: ``open``, ``ok``, ``error``,
+    ``cancelled``...; ``since``: started at or after this ISO timestamp
+    (compared as text, like every stored timestamp, so give it in UTC with
+    ``+00:00``).
+    """
+
+    failed: bool = False
+    tool: str | None = None
+    model: str | None = None
+    status: str | None = None
+    since: str | None = None
+
+    def matches(self, e: Mapping[str, Any]) -> bool:
+        """Whether index entry ``e`` passes the filter."""
+        if self.failed and not (e["status"] in ("error", "cancelled") or e["failures"]):
+            return False
+        if self.tool is not None and self.tool not in e["tools"]:
+            return False
+        if self.model is not None and self.model not in e["models"]:
+            return False
+        if self.status is not None and e["status"] != self.status:
+            return False
+        return self.since is None or e["started_at"] >= self.since
+
+
+def info_from_entry(e: Mapping[str, Any], full: bool = True) -> SessionInfo:
+    """The ``SessionInfo`` of an index entry; ``full=False``: only the fields
+    every store's ``list_sessions`` reports (the others left at their defaults)."""
+    metadata = e["metadata"] if e["metadata"] is not None else {}
+    if not full:
+        return SessionInfo(
+            e["session_id"], e["started_at"], e["last_activity"], e["event_count"],
+            e["last_version"], metadata,
+        )  # fmt: skip
+    return SessionInfo(
+        session_id=e["session_id"],
+        started_at=e["started_at"],
+        last_activity=e["last_activity"],
+        event_count=e["event_count"],
+        last_version=e["last_version"],
+        metadata=metadata,
+        status=e["status"],
+        duration_ms=e["duration_ms"],
+        tool_calls=e["tool_calls"],
+        llm_calls=e["llm_calls"],
+        decisions=e["decisions"],
+        failures=e["failures"],
+        input_tokens=e["input_tokens"],
+        output_tokens=e["output_tokens"],
+        total_tokens=e["total_tokens"],
+        models=e["models"],
+        tools=list(e["tools"]),
+        agent=e["agent"],
+        first_position=e["first_position"],
+        last_position=e["last_position"],
+    )
+
+
+@runtime_checkable
+class SessionIndexStore(Protocol):
+    """A store that keeps the sessions index (optional; every bundled store but
+    PostgreSQL, for now, whose readers fall back to scanning).
+
+    - ``query_sessions(limit, filter)``: index entries as ``SessionInfo``,
+      newest-started first, at most ``limit``, those passing ``filter``;
+    - ``session_totals()``: ``{"sessions", "events", "per_day": {day: n},
+      "models": {model: {"calls", "input_tokens", "output_tokens",
+      "total_tokens"}}}`` over the whole index.
+    """
+
+    async def query_sessions(
+        self, limit: int | None = None, filter: SessionFilter | None = None
+    ) -> list[SessionInfo]:
+        """Sessions from the index, newest-started first."""
+        ...
+
+    async def session_totals(self) -> dict[str, Any]:
+        """Counts over every session, from the index."""
+        ...
+
+
+def totals_of(entries: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
+    """:meth:`SessionIndexStore.session_totals` computed over index entries."""
+    sessions = events = 0
+    per_day: dict[str, int] = {}
+    models: dict[str, dict[str, int]] = {}
+    for e in entries:
+        sessions += 1
+        events += e["event_count"]
+        day = e["started_at"][:10]
+        per_day[day] = per_day.get(day, 0) + 1
+        for name, m in e["models"].items():
+            add_model_usage(models, name, m)
+    return {
+        "sessions": sessions,
+        "events": events,
+        "per_day": dict(sorted(per_day.items())),
+        "models": dict(sorted(models.items())),
+    }
+
+
+def add_model_usage(models: dict[str, dict[str, int]], name: str, m: Mapping[str, int]) -> None:
+    """Add one entry's usage of model ``name`` to ``models``."""
+    t = models.setdefault(
+        name, {"calls": 0, "input_tokens": 0, "output_tokens": 0, "total_tokens": 0}
+    )
+    for key in t:
+        t[key] += m.get(key, 0)

@@ -38,6 +38,7 @@ from agent_trace.events import AgentEvent
 from agent_trace.stores.base import (
     Captured,
     EventIndex,
+    SessionFilter,
     SessionInfo,
     StoreError,
     check_limit,
@@ -455,10 +456,32 @@ class JSONLStore:
             chunks = [_pread(fd, start, stop) for start, stop in self._spans(positions)]
         return [_stored_row(line) for chunk in chunks for line in chunk.splitlines()]
 
-    def _list_sessions(self, limit: int | None) -> list[SessionInfo]:
+    def _list_sessions(
+        self, limit: int | None, filter: SessionFilter | None = None, full: bool = False
+    ) -> list[SessionInfo]:
         with self._lock, self._locked(exclusive=False) as fd:
             self._catch_up(fd, repair=False)
-            return self._index.session_infos(limit)
+            return self._index.session_infos(limit, filter, full)
+
+    async def query_sessions(
+        self, limit: int | None = None, filter: SessionFilter | None = None
+    ) -> list[SessionInfo]:
+        """Sessions from the sessions index, newest-started first (``SessionIndexStore``).
+
+        The index is built from the file as it is read (on open and as other
+        writers append), under the same lock as the append.
+        """
+        limit = check_limit(limit)
+        return await asyncio.to_thread(self._list_sessions, limit, filter, True)
+
+    async def session_totals(self) -> dict[str, Any]:
+        """Counts over every session, from the sessions index."""
+        return await asyncio.to_thread(self._totals)
+
+    def _totals(self) -> dict[str, Any]:
+        with self._lock, self._locked(exclusive=False) as fd:
+            self._catch_up(fd, repair=False)
+            return self._index.totals()
 
     def _spans(self, positions: list[int]) -> list[tuple[int, int]]:
         """Byte ranges holding the lines of ``positions`` (ascending); adjacent lines merged."""

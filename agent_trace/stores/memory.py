@@ -20,6 +20,7 @@ from agent_trace.stores.base import (
     ENTRIES_MARKER,
     Captured,
     EventIndex,
+    SessionFilter,
     SessionInfo,
     check_limit,
     check_projection_name,
@@ -106,6 +107,19 @@ class MemoryStore:
         limit = check_limit(limit)
         with self._lock:
             return self._index.session_infos(limit)
+
+    async def query_sessions(
+        self, limit: int | None = None, filter: SessionFilter | None = None
+    ) -> list[SessionInfo]:
+        """Sessions from the sessions index, newest-started first (``SessionIndexStore``)."""
+        limit = check_limit(limit)
+        with self._lock:
+            return self._index.session_infos(limit, filter, full=True)
+
+    async def session_totals(self) -> dict[str, Any]:
+        """Counts over every session, from the sessions index."""
+        with self._lock:
+            return self._index.totals()
 
     async def close(self) -> None:
         """Nothing to release; the events stay readable."""

@@ -35,10 +35,14 @@ import orjson
 from agent_trace.events import AgentEvent
 from agent_trace.stores.base import (
     ENTRIES_MARKER,
+    INDEX_FIELDS,
+    INDEX_JSON_FIELDS,
     ROW_WIDTH,
     Captured,
+    SessionFilter,
     SessionInfo,
     StoreError,
+    add_model_usage,
     check_limit,
     check_projection_name,
     checked_captured,
@@ -46,10 +50,14 @@ from agent_trace.stores.base import (
     event_from_row,
     event_types_filter,
     events_from_rows,
+    fold_index,
+    fold_index_flat,
+    info_from_entry,
     projection_conflict,
     seal_captured_flat,
     session_metadata,
     split_state,
+    totals_of,
     unique_captured,
 )
 
@@ -58,11 +66,14 @@ __all__ = ["FileChanged", "SQLiteStore"]
 T = TypeVar("T")
 _Pair = tuple[aiosqlite.Connection, sqlite3.Connection]
 
-# 1: events and triggers; 2: the store chain column (SPEC 8, the global order).
-SCHEMA_VERSION = 2
+# 1: events and triggers; 2: the store chain column (SPEC 8, the global order);
+# 3: the sessions index (a row per session, written in each append's transaction).
+SCHEMA_VERSION = 3
 # A read-only connection cannot migrate; schema 1 lacks only the store chain
-# column, which reads do without (verification sees no links: an earlier release).
+# column, which reads do without (verification sees no links: an earlier release),
+# and schemas 1-2 lack the sessions index, which reads replace with a scan.
 _READABLE_FROM = 1
+_INDEXED_FROM = 3
 _SYNCHRONOUS = ("OFF", "NORMAL", "FULL", "EXTRA")
 # Well under SQLite's bound-parameter limit (999 before 3.32).
 _CHUNK = 500
@@ -95,6 +106,47 @@ END;
 """
 # No index on event_type: every read is by session (the UNIQUE index) or by
 # position (the primary key); another index would only slow appends.
+
+# The sessions index (base.fold_index): one row per session, upserted in the
+# append's transaction, so it always agrees with the committed events.
+_SESSIONS_SCHEMA = """
+CREATE TABLE IF NOT EXISTS sessions (
+    session_id TEXT PRIMARY KEY,
+    started_at TEXT NOT NULL,
+    last_activity TEXT NOT NULL,
+    first_position INTEGER NOT NULL,
+    last_position INTEGER NOT NULL,
+    event_count INTEGER NOT NULL,
+    last_version INTEGER NOT NULL,
+    status TEXT NOT NULL,
+    duration_ms REAL,
+    tool_calls INTEGER NOT NULL,
+    llm_calls INTEGER NOT NULL,
+    decisions INTEGER NOT NULL,
+    failures INTEGER NOT NULL,
+    input_tokens INTEGER NOT NULL,
+    output_tokens INTEGER NOT NULL,
+    total_tokens INTEGER NOT NULL,
+    models TEXT NOT NULL,
+    tools TEXT NOT NULL,
+    agent TEXT,
+    metadata TEXT
+);
+CREATE INDEX IF NOT EXISTS sessions_by_start ON sessions (started_at, first_position);
+"""
+_SESSION_COLUMNS = ", ".join(INDEX_FIELDS)
+_UPSERT_SESSION = (
+    f"INSERT OR REPLACE INTO sessions ({_SESSION_COLUMNS}) "
+    f"VALUES ({', '.join('?' * len(INDEX_FIELDS))})"
+)
+_JSON_COLUMNS = tuple(i for i, name in enumerate(INDEX_FIELDS) if name in INDEX_JSON_FIELDS)
+# The event types whose payload the index reads (base._INDEX_KINDS, any *_failed).
+_INDEXED_PAYLOAD = (
+    "CASE WHEN event_type IN ('session_started', 'session_ended', 'tool_executed', "
+    "'tool_failed', 'llm_responded', 'llm_failed', 'decision_made', "
+    "'response_generated', 'error_occurred') OR event_type LIKE '%\\_failed' ESCAPE '\\' "
+    "THEN payload END"
+)
 
 # Columns in AgentEvent field order: the row layout of base.seal_rows and event_from_row.
 _COLUMNS = (
@@ -329,6 +381,24 @@ class SQLiteStore:
             return []
         return await self._run(_list_sessions, limit)
 
+    async def query_sessions(
+        self, limit: int | None = None, filter: SessionFilter | None = None
+    ) -> list[SessionInfo]:
+        """Sessions from the sessions index, newest-started first (``SessionIndexStore``).
+
+        One indexed query: its cost grows with ``limit`` (and how many rows a
+        filter skips), not with the events stored. A read-only store of an
+        older schema has no index: it is folded from a scan instead.
+        """
+        limit = check_limit(limit)
+        if limit == 0:
+            return []
+        return await self._run(_query_sessions, limit, filter)
+
+    async def session_totals(self) -> dict[str, Any]:
+        """Sessions, events, sessions per day and tokens per model, from the index."""
+        return await self._run(_session_totals)
+
     async def close(self) -> None:
         """Close the connection; a later call opens a new one. Safe to call twice."""
         with self._guard:
@@ -534,9 +604,16 @@ def _ensure_schema(db: sqlite3.Connection, path: str) -> None:
             # A store of an earlier release: its rows keep no store chain link
             # (NULL); the chain starts with the first event appended from now on.
             db.execute("ALTER TABLE events ADD COLUMN store_hash TEXT")
-        elif version < SCHEMA_VERSION:
+        elif version == 0:
             for statement in _statements(_SCHEMA):
                 db.execute(statement)
+        if version < _INDEXED_FROM:
+            # The sessions index, built once from the stored events (in this
+            # same transaction: a crash leaves the old schema, tried again).
+            for statement in _statements(_SESSIONS_SCHEMA):
+                db.execute(statement)
+            if version > 0:
+                _write_entries(db, _scan_entries(db))
         if version < SCHEMA_VERSION:
             db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         db.execute("COMMIT")
@@ -612,11 +689,16 @@ def _append_checked(db: sqlite3.Connection, items: list[Captured]) -> int:
             sql = _HEADS.format(values=",".join(["(?)"] * len(chunk)))
             for sid, version, digest in db.execute(sql, chunk):
                 heads[sid] = (version, digest)
+        known = [sid for sid in sessions if sid in heads]  # before sealing adds the rest
         last = db.execute(
             "SELECT position, store_hash FROM events ORDER BY position DESC LIMIT 1"
         ).fetchone()
         last_position, store_head = last if last is not None else (0, None)
-        _insert(db, seal_captured_flat(new, heads, last_position + 1, store_head))
+        flat = seal_captured_flat(new, heads, last_position + 1, store_head)
+        _insert(db, flat)
+        entries = _read_entries(db, known)
+        fold_index_flat(entries, flat)
+        _write_entries(db, entries.values())
         db.execute("COMMIT")
     except BaseException:
         if db.in_transaction:
@@ -694,7 +776,15 @@ def _text(value: Any) -> Any:
     return value
 
 
+def _schema_version(db: sqlite3.Connection) -> int:
+    (version,) = db.execute("PRAGMA user_version").fetchone()
+    return int(version)
+
+
 def _list_sessions(db: sqlite3.Connection, limit: int | None) -> list[SessionInfo]:
+    if _schema_version(db) >= _INDEXED_FROM:
+        return _query_sessions(db, limit, None, full=False)
+    # A read-only store of an earlier schema: no index, the grouped scan.
     rows = db.execute(_LIST_SESSIONS, (-1 if limit is None else limit,)).fetchall()
     return [
         SessionInfo(
@@ -707,6 +797,121 @@ def _list_sessions(db: sqlite3.Connection, limit: int | None) -> list[SessionInf
         )
         for sid, started, last, count, last_version, meta in rows
     ]
+
+
+# --- the sessions index -------------------------------------------------------
+
+
+def _entry_from_row(row: Sequence[Any]) -> dict[str, Any]:
+    entry = dict(zip(INDEX_FIELDS, row, strict=True))
+    for name in INDEX_JSON_FIELDS:
+        value = entry[name]
+        entry[name] = orjson.loads(value) if value is not None else None
+    return entry
+
+
+def _read_entries(db: sqlite3.Connection, session_ids: list[str]) -> dict[str, dict[str, Any]]:
+    """The index entries of ``session_ids`` (those that have one)."""
+    entries: dict[str, dict[str, Any]] = {}
+    for i in range(0, len(session_ids), _CHUNK):
+        chunk = session_ids[i : i + _CHUNK]
+        sql = f"SELECT {_SESSION_COLUMNS} FROM sessions WHERE session_id IN ({_qmarks(len(chunk))})"
+        for row in db.execute(sql, chunk):
+            entries[row[0]] = _entry_from_row(row)
+    return entries
+
+
+def _write_entries(db: sqlite3.Connection, entries: Iterable[dict[str, Any]]) -> None:
+    dumps = orjson.dumps
+    rows = []
+    for e in entries:
+        row = [e[name] for name in INDEX_FIELDS]
+        for i in _JSON_COLUMNS:
+            if row[i] is not None:
+                row[i] = dumps(row[i]).decode()
+        rows.append(row)
+    db.executemany(_UPSERT_SESSION, rows)
+
+
+def _scan_entries(db: sqlite3.Connection) -> dict[str, dict[str, Any]]:
+    """Every session's index entry, folded from the stored events (migration, old schemas)."""
+    entries: dict[str, dict[str, Any]] = {}
+    fold = fold_index
+    rows = db.execute(
+        f"SELECT session_id, event_type, timestamp, {_INDEXED_PAYLOAD}, version, position "
+        "FROM events ORDER BY position"
+    )
+    for sid, etype, ts, payload, version, position in rows:
+        fold(entries, sid, etype, ts, payload if payload is not None else b"{}", version, position)
+    return entries
+
+
+def _query_sessions(
+    db: sqlite3.Connection, limit: int | None, filter: SessionFilter | None, full: bool = True
+) -> list[SessionInfo]:
+    if _schema_version(db) < _INDEXED_FROM:
+        # A read-only store of an earlier schema: the index folded in memory.
+        entries = [e for e in _scan_entries(db).values() if filter is None or filter.matches(e)]
+        entries.sort(key=lambda e: (e["started_at"], e["first_position"]), reverse=True)
+        return [info_from_entry(e, full) for e in entries[:limit]]
+    where, params = _filter_sql(filter)
+    sql = (
+        f"SELECT {_SESSION_COLUMNS} FROM sessions{where} "
+        "ORDER BY started_at DESC, first_position DESC LIMIT ?"
+    )
+    rows = db.execute(sql, [*params, -1 if limit is None else limit])
+    return [info_from_entry(_entry_from_row(row), full) for row in rows]
+
+
+def _filter_sql(filter: SessionFilter | None) -> tuple[str, list[Any]]:
+    """A WHERE clause for ``filter`` (the same tests as ``SessionFilter.matches``)."""
+    if filter is None:
+        return "", []
+    terms: list[str] = []
+    params: list[Any] = []
+    if filter.failed:
+        terms.append("(status IN ('error', 'cancelled') OR failures > 0)")
+    if filter.tool is not None:
+        terms.append("EXISTS (SELECT 1 FROM json_each(tools) WHERE value = ?)")
+        params.append(filter.tool)
+    if filter.model is not None:
+        terms.append("json_type(models, '$.' || json_quote(?)) IS NOT NULL")
+        params.append(filter.model)
+    if filter.status is not None:
+        terms.append("status = ?")
+        params.append(filter.status)
+    if filter.since is not None:
+        terms.append("started_at >= ?")
+        params.append(filter.since)
+    return (" WHERE " + " AND ".join(terms) if terms else ""), params
+
+
+def _session_totals(db: sqlite3.Connection) -> dict[str, Any]:
+    if _schema_version(db) < _INDEXED_FROM:
+        return totals_of(_scan_entries(db).values())
+    db.execute("BEGIN")  # one snapshot for every figure
+    try:
+        sessions, events = db.execute(
+            "SELECT COUNT(*), COALESCE(SUM(event_count), 0) FROM sessions"
+        ).fetchone()
+        per_day = dict(
+            db.execute(
+                "SELECT substr(started_at, 1, 10) AS day, COUNT(*) FROM sessions "
+                "GROUP BY day ORDER BY day"
+            ).fetchall()
+        )
+        models: dict[str, dict[str, int]] = {}
+        for (text,) in db.execute("SELECT models FROM sessions WHERE models != '{}'"):
+            for name, m in orjson.loads(text).items():
+                add_model_usage(models, name, m)
+    finally:
+        db.execute("COMMIT")
+    return {
+        "sessions": sessions,
+        "events": events,
+        "per_day": per_day,
+        "models": dict(sorted(models.items())),
+    }
 
 
 # --- projection checkpoints ----------------------------------------------------

@@ -52,7 +52,7 @@ async def test_schema_pragmas_and_stored_payload(tmp_path: Path) -> None:
     raw = sqlite3.connect(tmp_path / "e.db")
     try:
         assert raw.execute("PRAGMA journal_mode").fetchone() == ("wal",)
-        assert raw.execute("PRAGMA user_version").fetchone() == (2,)
+        assert raw.execute("PRAGMA user_version").fetchone() == (3,)
         # Exactly the canonical JSON the hash covered: sorted keys, no spaces.
         assert raw.execute("SELECT payload FROM events").fetchone() == ('{"a":[2,3],"b":1}',)
         triggers = {
