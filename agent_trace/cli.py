@@ -30,7 +30,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
-from datetime import datetime
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -40,7 +40,7 @@ from agent_trace.config import DEFAULT_STORE_URL
 from agent_trace.events import AgentEvent
 
 if TYPE_CHECKING:
-    from agent_trace.stores.base import EventStore
+    from agent_trace.stores.base import EventStore, SessionIndexStore
 
 __all__ = ["main"]
 
@@ -257,52 +257,19 @@ async def _session_events(store: EventStore, session_id: str, url: str) -> list[
 
 async def cmd_sessions(args: argparse.Namespace, store: EventStore, out: Output) -> int:
     """A table of sessions, newest first."""
-    from agent_trace.projections import build_session_summary
+    from agent_trace.stores.base import SessionIndexStore
 
     since = _parse_since(args.since) if args.since else None
-    infos = await store.list_sessions()
-    rows = []
-    with out.progress("reading sessions", len(infos)) as advance:
-        for info in infos:
-            advance()
-            if since is not None and datetime.fromisoformat(info.started_at) < since:
-                continue
-            events = await store.get_events(info.session_id)
-            summary = build_session_summary(events, info.session_id)
-            calls = [
-                ev.payload.get("tool")
-                for ev in events
-                if ev.event_type in ("tool_executed", "tool_failed")
-            ]
-            if args.tool and args.tool not in calls:
-                continue
-            failed = summary.status in ("error", "cancelled") or bool(summary.errors)
-            if args.failed and not failed:
-                continue
-            rows.append(
-                {
-                    "session_id": info.session_id,
-                    "started_at": info.started_at,
-                    "last_activity": info.last_activity,
-                    "duration_ms": summary.duration_ms,
-                    "events": info.event_count,
-                    "tool_calls": len(calls),
-                    "tools": sorted({c for c in calls if isinstance(c, str)}),
-                    "llm_calls": summary.llm_calls,
-                    "tokens": summary.total_tokens,
-                    "cost_usd": summary.cost_usd,
-                    "failures": len(summary.errors),
-                    "status": summary.status,
-                    "metadata": info.metadata,
-                }
-            )
-            if args.limit is not None and len(rows) >= args.limit:
-                break
+    if isinstance(store, SessionIndexStore):
+        rows = await _indexed_session_rows(args, store, since)
+        empty = not rows and not await store.list_sessions(limit=1)
+    else:
+        rows, empty = await _scanned_session_rows(args, store, out, since)
     if out.json:
         out.emit_json(rows)
         return 0
     if not rows:
-        out.line("no sessions match" if infos else "no sessions in the store yet")
+        out.line("no sessions in the store yet" if empty else "no sessions match")
         return 0
     _table(
         out,
@@ -333,6 +300,127 @@ async def cmd_sessions(args: argparse.Namespace, store: EventStore, out: Output)
         ],
     )
     return 0
+
+
+async def _indexed_session_rows(
+    args: argparse.Namespace, store: SessionIndexStore, since: datetime | None
+) -> list[dict[str, Any]]:
+    """The table's rows from the store's sessions index: one query for the page,
+    then the LLM events of the rows shown, to price them (``llm_cost``)."""
+    from agent_trace.prices import llm_cost
+    from agent_trace.stores.base import SessionFilter
+
+    since_text = None
+    if since is not None:
+        since_text = since.astimezone(timezone.utc).isoformat(timespec="microseconds")
+    chosen = SessionFilter(
+        failed=args.failed,
+        tool=args.tool,
+        model=args.model,
+        status=args.status,
+        since=since_text,
+    )
+    infos = await store.query_sessions(args.limit, chosen)
+    rows = []
+    for info in infos:
+        cost = None
+        if info.llm_calls:
+            priced = [
+                llm_cost(ev)
+                for ev in await store.get_events(info.session_id, event_types=("llm_responded",))
+            ]
+            known = [c for c in priced if c is not None]
+            cost = sum(known) if known else None
+        duration = info.duration_ms
+        if duration is None:
+            elapsed = datetime.fromisoformat(info.last_activity) - datetime.fromisoformat(
+                info.started_at
+            )
+            duration = elapsed.total_seconds() * 1000
+        rows.append(
+            {
+                "session_id": info.session_id,
+                "started_at": info.started_at,
+                "last_activity": info.last_activity,
+                "duration_ms": duration,
+                "events": info.event_count,
+                "tool_calls": info.tool_calls,
+                "tools": info.tools,
+                "llm_calls": info.llm_calls,
+                "tokens": info.total_tokens,
+                "cost_usd": cost,
+                "failures": info.failures,
+                "status": info.status,
+                "models": sorted(info.models),
+                "agent": info.agent,
+                "metadata": info.metadata,
+            }
+        )
+    return rows
+
+
+async def _scanned_session_rows(
+    args: argparse.Namespace, store: EventStore, out: Output, since: datetime | None
+) -> tuple[list[dict[str, Any]], bool]:
+    """The table's rows for a store without a sessions index: each session's
+    events read and summarized. Returns the rows and whether the store is empty."""
+    from agent_trace.projections import build_session_summary
+
+    infos = await store.list_sessions()
+    rows = []
+    with out.progress("reading sessions", len(infos)) as advance:
+        for info in infos:
+            advance()
+            if since is not None and datetime.fromisoformat(info.started_at) < since:
+                continue
+            events = await store.get_events(info.session_id)
+            summary = build_session_summary(events, info.session_id)
+            calls = [
+                ev.payload.get("tool")
+                for ev in events
+                if ev.event_type in ("tool_executed", "tool_failed")
+            ]
+            if args.tool and args.tool not in calls:
+                continue
+            failed = summary.status in ("error", "cancelled") or bool(summary.errors)
+            if args.failed and not failed:
+                continue
+            if args.status is not None and summary.status != args.status:
+                continue
+            models = sorted(
+                {
+                    m
+                    for ev in events
+                    if ev.event_type == "llm_responded"
+                    for m in [ev.payload.get("response_model") or ev.payload.get("model")]
+                    if isinstance(m, str)
+                }
+            )
+            if args.model is not None and args.model not in models:
+                continue
+            agent = info.metadata.get("agent")
+            rows.append(
+                {
+                    "session_id": info.session_id,
+                    "started_at": info.started_at,
+                    "last_activity": info.last_activity,
+                    "duration_ms": summary.duration_ms,
+                    "events": info.event_count,
+                    "tool_calls": len(calls),
+                    "tools": sorted({c for c in calls if isinstance(c, str)}),
+                    "llm_calls": summary.llm_calls,
+                    "tokens": summary.total_tokens,
+                    "cost_usd": summary.cost_usd,
+                    "failures": len(summary.errors),
+                    "status": summary.status,
+                    "models": models,
+                    "agent": agent if isinstance(agent, str) else None,
+                    "metadata": info.metadata,
+                }
+            )
+            if args.limit is not None and len(rows) >= args.limit:
+                break
+    return rows, not infos
 
 
 def _usd(cost: float | None) -> str:
@@ -554,8 +642,32 @@ async def cmd_summary(args: argparse.Namespace, store: EventStore, out: Output) 
     return 0
 
 
-async def cmd_stats(args: argparse.Namespace, store: EventStore, out: Output) -> int:
-    """Tool stats, tokens per model and sessions per day across the store."""
+_Stats = tuple[int, int, dict[str, Any], dict[str, Any], dict[str, int]]
+
+
+async def _indexed_stats(store: SessionIndexStore) -> _Stats:
+    """Stats from the sessions index: no event is read.
+
+    A model's cost is priced from its summed tokens (``prices.usage_cost``),
+    where a scan prices each call on its own day: the two differ only for
+    tiered prices or a price change within the store's span.
+    """
+    from agent_trace.prices import usage_cost
+    from agent_trace.projections import ModelUsage, ToolStatsProjection
+
+    totals = await store.session_totals()
+    tools = ToolStatsProjection.stats(totals["tools"])
+    models = {}
+    for name, m in totals["models"].items():
+        usage = {k: v for k, v in m.items() if k not in ("calls", "failures")}
+        priced = m["calls"] > m["failures"] and any(usage.values())
+        cost = usage_cost(usage, [name]) if priced else None
+        models[name] = ModelUsage(model=name, cost=cost, **m)
+    return totals["sessions"], totals["events"], tools, models, totals["per_day"]
+
+
+async def _scanned_stats(store: EventStore) -> _Stats:
+    """Stats for a store without a sessions index: folded from every event."""
     from agent_trace.projections import CostPerModel, rebuild, tool_stats
 
     tools = await tool_stats(store)
@@ -564,11 +676,22 @@ async def cmd_stats(args: argparse.Namespace, store: EventStore, out: Output) ->
     infos = await store.list_sessions()
     per_day = Counter(info.started_at[:10] for info in infos)
     days = dict(sorted(per_day.items()))
+    return len(infos), sum(info.event_count for info in infos), tools, models, days
+
+
+async def cmd_stats(args: argparse.Namespace, store: EventStore, out: Output) -> int:
+    """Tool stats, tokens per model and sessions per day across the store."""
+    from agent_trace.stores.base import SessionIndexStore
+
+    if isinstance(store, SessionIndexStore):
+        sessions, events, tools, models, days = await _indexed_stats(store)
+    else:
+        sessions, events, tools, models, days = await _scanned_stats(store)
     if out.json:
         out.emit_json(
             {
-                "sessions": len(infos),
-                "events": sum(info.event_count for info in infos),
+                "sessions": sessions,
+                "events": events,
                 "tools": {
                     name: {
                         "calls": t.calls,
@@ -598,8 +721,7 @@ async def cmd_stats(args: argparse.Namespace, store: EventStore, out: Output) ->
             }
         )
         return 0
-    events = sum(info.event_count for info in infos)
-    out.line(f"{len(infos):,} sessions, {events:,} events")
+    out.line(f"{sessions:,} sessions, {events:,} events")
     out.line()
     _table(
         out,
@@ -1135,6 +1257,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--since", metavar="WHEN", help="started since: 30m, 2h, 7d or an ISO date")
     s.add_argument("--tool", metavar="NAME", help="only sessions that called this tool")
     s.add_argument("--failed", action="store_true", help="only sessions with a failure")
+    s.add_argument("--model", metavar="NAME", help="only sessions with an LLM call to this model")
+    s.add_argument(
+        "--status", metavar="STATUS", help="only sessions with this status (open, ok, error, ...)"
+    )
     for name in ("show", "replay", "summary", "html", "export"):
         subs[name].add_argument("session_id", metavar="ID", help="session id")
     subs["verify"].add_argument(

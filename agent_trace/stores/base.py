@@ -74,7 +74,7 @@ class SessionInfo:
     input_tokens: int = 0
     output_tokens: int = 0
     total_tokens: int = 0
-    #: model -> {"calls", "input_tokens", "output_tokens", "total_tokens"}
+    #: model -> its calls, failures and tokens (``base.MODEL_FIELDS``)
     models: dict[str, dict[str, int]] = field(default_factory=dict)
     #: distinct tools called (executed or failed), sorted
     tools: list[str] = field(default_factory=list)
@@ -451,15 +451,8 @@ class EventIndex:
             ordered = heapq.nlargest(limit, entries, key=_started_key)
         # Copies of the mutable fields: a caller changing what it got back
         # must not change the index.
-        copy = orjson.loads
-        dumps = orjson.dumps
-        return [
-            info_from_entry(
-                {**e, "metadata": copy(dumps(e["metadata"])), "models": copy(dumps(e["models"]))},
-                full,
-            )
-            for e in ordered
-        ]
+        copy, dumps = orjson.loads, orjson.dumps
+        return [info_from_entry(copy(dumps(e)), full) for e in ordered]
 
     def totals(self) -> dict[str, Any]:
         """``SessionIndexStore.session_totals`` over the indexed sessions."""
@@ -656,10 +649,16 @@ INDEX_FIELDS = (
     "session_id", "started_at", "last_activity", "first_position", "last_position",
     "event_count", "last_version", "status", "duration_ms", "tool_calls", "llm_calls",
     "decisions", "failures", "input_tokens", "output_tokens", "total_tokens", "models",
-    "tools", "agent", "metadata",
+    "tools", "tool_stats", "agent", "metadata",
 )  # fmt: skip
-#: Fields held as JSON text in SQL (``models``, ``tools``, ``metadata``).
-INDEX_JSON_FIELDS = frozenset({"models", "tools", "metadata"})
+#: Fields held as JSON text in SQL.
+INDEX_JSON_FIELDS = frozenset({"models", "tools", "tool_stats", "metadata"})
+#: Per model in an index entry (as ``projections.CostPerModel`` counts, cost aside).
+MODEL_FIELDS = (
+    "calls", "failures", "input_tokens", "output_tokens", "total_tokens",
+    "cache_read_tokens", "cache_write_tokens", "reasoning_tokens",
+)  # fmt: skip
+_CACHE_FIELDS = ("cache_read_tokens", "cache_write_tokens", "reasoning_tokens")
 
 
 def new_index_entry(session_id: str, timestamp: str, position: int) -> dict[str, Any]:
@@ -681,8 +680,9 @@ def new_index_entry(session_id: str, timestamp: str, position: int) -> dict[str,
         "input_tokens": 0,
         "output_tokens": 0,
         "total_tokens": 0,
-        "models": {},  # model -> {"calls", "input_tokens", "output_tokens", "total_tokens"}
+        "models": {},  # model (answering, else requested, else "unknown") -> MODEL_FIELDS
         "tools": [],  # distinct tool names, sorted
+        "tool_stats": {},  # tool (or "?") -> {"calls", "failures", "durations"}
         "agent": None,
         "metadata": None,  # None until a session_started is seen
     }
@@ -726,33 +726,48 @@ def fold_index(
     p = payload if payload_json is None else orjson.loads(payload_json)
     if not isinstance(p, dict):
         p = {}
-    if kind == _IX_LLM:
+    if kind in (_IX_LLM, _IX_LLM_FAILED):
         e["llm_calls"] += 1
+        model = p.get("response_model") or p.get("model")
+        m = e["models"].get(model if isinstance(model, str) else "unknown")
+        if m is None:
+            m = e["models"][model if isinstance(model, str) else "unknown"] = dict.fromkeys(
+                MODEL_FIELDS, 0
+            )
+        m["calls"] += 1
+        if kind == _IX_LLM_FAILED:
+            m["failures"] += 1
+            e["failures"] += 1
+            return
         usage = p.get("usage")
-        inp = out = total = 0
         if isinstance(usage, dict):
             inp, out = _count(usage.get("input_tokens")), _count(usage.get("output_tokens"))
             raw_total = usage.get("total_tokens")
             total = _count(raw_total) if raw_total is not None else inp + out
-        e["input_tokens"] += inp
-        e["output_tokens"] += out
-        e["total_tokens"] += total
-        model = p.get("response_model") or p.get("model")
-        if isinstance(model, str):
-            m = e["models"].setdefault(
-                model, {"calls": 0, "input_tokens": 0, "output_tokens": 0, "total_tokens": 0}
-            )
-            m["calls"] += 1
+            e["input_tokens"] += inp
+            e["output_tokens"] += out
+            e["total_tokens"] += total
             m["input_tokens"] += inp
             m["output_tokens"] += out
             m["total_tokens"] += total
+            for key in _CACHE_FIELDS:
+                m[key] += _count(usage.get(key))
     elif kind in (_IX_TOOL, _IX_TOOL_FAILED):
         e["tool_calls"] += 1
-        if kind == _IX_TOOL_FAILED:
-            e["failures"] += 1
         tool = p.get("tool")
         if isinstance(tool, str) and tool not in e["tools"]:
             e["tools"] = sorted([*e["tools"], tool])
+        key = tool if isinstance(tool, str) else "?"
+        t = e["tool_stats"].get(key)
+        if t is None:
+            t = e["tool_stats"][key] = {"calls": 0, "failures": 0, "durations": []}
+        t["calls"] += 1
+        if kind == _IX_TOOL_FAILED:
+            t["failures"] += 1
+            e["failures"] += 1
+        d = p.get("duration_ms")
+        if isinstance(d, (int, float)) and not isinstance(d, bool):
+            t["durations"].append(d)
     elif kind == _IX_DECISION:
         e["decisions"] += 1
     elif kind == _IX_RESPONSE:
@@ -769,9 +784,7 @@ def fold_index(
             agent = meta.get("agent", p.get("agent"))
             if e["agent"] is None and isinstance(agent, str):
                 e["agent"] = agent
-    else:  # _IX_LLM_FAILED, _IX_ERROR, any other *_failed
-        if kind == _IX_LLM_FAILED:
-            e["llm_calls"] += 1
+    else:  # _IX_ERROR, any other *_failed
         e["failures"] += 1
 
 
@@ -854,8 +867,8 @@ class SessionIndexStore(Protocol):
     - ``query_sessions(limit, filter)``: index entries as ``SessionInfo``,
       newest-started first, at most ``limit``, those passing ``filter``;
     - ``session_totals()``: ``{"sessions", "events", "per_day": {day: n},
-      "models": {model: {"calls", "input_tokens", "output_tokens",
-      "total_tokens"}}}`` over the whole index.
+      "models": {model: {MODEL_FIELDS...}}, "tools": {tool: {"calls",
+      "failures", "durations"}}}`` over the whole index (``totals_of``).
     """
 
     async def query_sessions(
@@ -874,25 +887,39 @@ def totals_of(entries: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
     sessions = events = 0
     per_day: dict[str, int] = {}
     models: dict[str, dict[str, int]] = {}
+    tools: dict[str, dict[str, Any]] = {}
     for e in entries:
         sessions += 1
         events += e["event_count"]
         day = e["started_at"][:10]
         per_day[day] = per_day.get(day, 0) + 1
-        for name, m in e["models"].items():
-            add_model_usage(models, name, m)
+        add_usage(models, tools, e["models"], e["tool_stats"])
     return {
         "sessions": sessions,
         "events": events,
         "per_day": dict(sorted(per_day.items())),
         "models": dict(sorted(models.items())),
+        "tools": dict(sorted(tools.items())),
     }
 
 
-def add_model_usage(models: dict[str, dict[str, int]], name: str, m: Mapping[str, int]) -> None:
-    """Add one entry's usage of model ``name`` to ``models``."""
-    t = models.setdefault(
-        name, {"calls": 0, "input_tokens": 0, "output_tokens": 0, "total_tokens": 0}
-    )
-    for key in t:
-        t[key] += m.get(key, 0)
+def add_usage(
+    models: dict[str, dict[str, int]],
+    tools: dict[str, dict[str, Any]],
+    entry_models: Mapping[str, Mapping[str, int]],
+    entry_tools: Mapping[str, Mapping[str, Any]],
+) -> None:
+    """Add one index entry's per-model and per-tool figures to running totals."""
+    for name, m in entry_models.items():
+        t = models.get(name)
+        if t is None:
+            t = models[name] = dict.fromkeys(MODEL_FIELDS, 0)
+        for key in MODEL_FIELDS:
+            t[key] += m.get(key, 0)
+    for name, ts in entry_tools.items():
+        u = tools.get(name)
+        if u is None:
+            u = tools[name] = {"calls": 0, "failures": 0, "durations": []}
+        u["calls"] += ts["calls"]
+        u["failures"] += ts["failures"]
+        u["durations"].extend(ts["durations"])

@@ -42,7 +42,7 @@ from agent_trace.stores.base import (
     SessionFilter,
     SessionInfo,
     StoreError,
-    add_model_usage,
+    add_usage,
     check_limit,
     check_projection_name,
     checked_captured,
@@ -129,6 +129,7 @@ CREATE TABLE IF NOT EXISTS sessions (
     total_tokens INTEGER NOT NULL,
     models TEXT NOT NULL,
     tools TEXT NOT NULL,
+    tool_stats TEXT NOT NULL,
     agent TEXT,
     metadata TEXT
 );
@@ -901,9 +902,10 @@ def _session_totals(db: sqlite3.Connection) -> dict[str, Any]:
             ).fetchall()
         )
         models: dict[str, dict[str, int]] = {}
-        for (text,) in db.execute("SELECT models FROM sessions WHERE models != '{}'"):
-            for name, m in orjson.loads(text).items():
-                add_model_usage(models, name, m)
+        tools: dict[str, dict[str, Any]] = {}
+        loads = orjson.loads
+        for m, t in db.execute("SELECT models, tool_stats FROM sessions"):
+            add_usage(models, tools, loads(m), loads(t))
     finally:
         db.execute("COMMIT")
     return {
@@ -911,6 +913,7 @@ def _session_totals(db: sqlite3.Connection) -> dict[str, Any]:
         "events": events,
         "per_day": per_day,
         "models": dict(sorted(models.items())),
+        "tools": dict(sorted(tools.items())),
     }
 
 
