@@ -376,7 +376,8 @@ class EventIndex:
     """
 
     __slots__ = (
-        "heads", "ids", "last_position", "session_positions", "sessions", "store_head"
+        "heads", "ids", "last_position", "session_positions", "sessions", "store_head",
+        "tools",
     )  # fmt: skip
 
     def __init__(self) -> None:
@@ -389,6 +390,8 @@ class EventIndex:
         self.store_head: str | None = None
         #: session id -> its sessions-index entry (``fold_index``)
         self.sessions: dict[str, dict[str, Any]] = {}
+        #: tool -> {"calls", "failures", "durations"} over every session
+        self.tools: dict[str, dict[str, Any]] = {}
 
     def seal(self, items: Sequence[Captured]) -> list[tuple[Any, ...]]:
         """Rows for the batch's new events, following the index; the index is unchanged."""
@@ -431,7 +434,10 @@ class EventIndex:
             self.session_positions[sid] = [position]
         else:
             positions.append(position)
-        fold_index(self.sessions, sid, row[2], row[3], row[4], version, position, payload)
+        calls: list[tuple[str, int, float | None]] = []
+        fold_index(self.sessions, sid, row[2], row[3], row[4], version, position, payload, calls)
+        if calls:
+            add_tool_calls(self.tools, calls)
 
     def positions(self, session_id: str, after_version: int = 0) -> list[int]:
         """Positions of the session's events with ``version > after_version``."""
@@ -456,7 +462,7 @@ class EventIndex:
 
     def totals(self) -> dict[str, Any]:
         """``SessionIndexStore.session_totals`` over the indexed sessions."""
-        return totals_of(self.sessions.values())
+        return totals_of(self.sessions.values(), orjson.loads(orjson.dumps(self.tools)))
 
 
 def _started_key(e: dict[str, Any]) -> tuple[str, int]:
@@ -649,10 +655,10 @@ INDEX_FIELDS = (
     "session_id", "started_at", "last_activity", "first_position", "last_position",
     "event_count", "last_version", "status", "duration_ms", "tool_calls", "llm_calls",
     "decisions", "failures", "input_tokens", "output_tokens", "total_tokens", "models",
-    "tools", "tool_stats", "agent", "metadata",
+    "tools", "agent", "metadata",
 )  # fmt: skip
 #: Fields held as JSON text in SQL.
-INDEX_JSON_FIELDS = frozenset({"models", "tools", "tool_stats", "metadata"})
+INDEX_JSON_FIELDS = frozenset({"models", "tools", "metadata"})
 #: Per model in an index entry (as ``projections.CostPerModel`` counts, cost aside).
 MODEL_FIELDS = (
     "calls", "failures", "input_tokens", "output_tokens", "total_tokens",
@@ -682,7 +688,6 @@ def new_index_entry(session_id: str, timestamp: str, position: int) -> dict[str,
         "total_tokens": 0,
         "models": {},  # model (answering, else requested, else "unknown") -> MODEL_FIELDS
         "tools": [],  # distinct tool names, sorted
-        "tool_stats": {},  # tool (or "?") -> {"calls", "failures", "durations"}
         "agent": None,
         "metadata": None,  # None until a session_started is seen
     }
@@ -701,12 +706,16 @@ def fold_index(
     version: int,
     position: int,
     payload: Any = None,
+    tool_calls: list[tuple[str, int, float | None]] | None = None,
 ) -> None:
     """Fold one stored event into ``entries`` (session id -> index entry), in place.
 
     Only the payloads of the event types that count are decoded (unless
     ``payload``, already decoded, is given), so the cost at append is a dict
-    lookup for most events.
+    lookup for most events. Each tool call is also added to ``tool_calls`` (if
+    given) as ``(tool or "?", failed 0/1, duration_ms or None)``: the per-tool
+    figures live outside the session's entry, which they would make grow with
+    the session.
     """
     e = entries.get(sid)
     if e is None:
@@ -757,17 +766,13 @@ def fold_index(
         tool = p.get("tool")
         if isinstance(tool, str) and tool not in e["tools"]:
             e["tools"] = sorted([*e["tools"], tool])
-        key = tool if isinstance(tool, str) else "?"
-        t = e["tool_stats"].get(key)
-        if t is None:
-            t = e["tool_stats"][key] = {"calls": 0, "failures": 0, "durations": []}
-        t["calls"] += 1
-        if kind == _IX_TOOL_FAILED:
-            t["failures"] += 1
+        failed = kind == _IX_TOOL_FAILED
+        if failed:
             e["failures"] += 1
-        d = p.get("duration_ms")
-        if isinstance(d, (int, float)) and not isinstance(d, bool):
-            t["durations"].append(d)
+        if tool_calls is not None:
+            d = p.get("duration_ms")
+            duration = d if isinstance(d, (int, float)) and not isinstance(d, bool) else None
+            tool_calls.append((tool if isinstance(tool, str) else "?", int(failed), duration))
     elif kind == _IX_DECISION:
         e["decisions"] += 1
     elif kind == _IX_RESPONSE:
@@ -788,11 +793,36 @@ def fold_index(
         e["failures"] += 1
 
 
-def fold_index_flat(entries: dict[str, dict[str, Any]], flat: Sequence[Any]) -> None:
-    """:func:`fold_index` over rows laid end to end (``seal_captured_flat``)."""
+def fold_index_flat(
+    entries: dict[str, dict[str, Any]],
+    flat: Sequence[Any],
+    tool_calls: list[tuple[str, int, float | None]] | None = None,
+) -> None:
+    """:func:`fold_index` over rows laid end to end (``seal_captured_flat``);
+    each entry also keeps its session's last hash (``last_hash``)."""
     fold = fold_index
     for i in range(0, len(flat), ROW_WIDTH):
-        fold(entries, flat[i + 1], flat[i + 2], flat[i + 3], flat[i + 4], flat[i + 5], flat[i + 6])
+        sid = flat[i + 1]
+        fold(
+            entries, sid, flat[i + 2], flat[i + 3], flat[i + 4], flat[i + 5], flat[i + 6],
+            None, tool_calls,
+        )  # fmt: skip
+        entries[sid]["last_hash"] = flat[i + 11]
+
+
+def add_tool_calls(
+    tools: dict[str, dict[str, Any]], calls: Iterable[tuple[str, int, float | None]]
+) -> None:
+    """Add tool calls ``(tool, failed, duration_ms)`` to per-tool totals
+    (``{"calls", "failures", "durations"}``, as ``projections.ToolStatsProjection``)."""
+    for name, failed, duration in calls:
+        t = tools.get(name)
+        if t is None:
+            t = tools[name] = {"calls": 0, "failures": 0, "durations": []}
+        t["calls"] += 1
+        t["failures"] += failed
+        if duration is not None:
+            t["durations"].append(duration)
 
 
 @dataclass(frozen=True, slots=True)
@@ -882,18 +912,19 @@ class SessionIndexStore(Protocol):
         ...
 
 
-def totals_of(entries: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
-    """:meth:`SessionIndexStore.session_totals` computed over index entries."""
+def totals_of(
+    entries: Iterable[Mapping[str, Any]], tools: dict[str, dict[str, Any]]
+) -> dict[str, Any]:
+    """:meth:`SessionIndexStore.session_totals` over index entries and per-tool totals."""
     sessions = events = 0
     per_day: dict[str, int] = {}
     models: dict[str, dict[str, int]] = {}
-    tools: dict[str, dict[str, Any]] = {}
     for e in entries:
         sessions += 1
         events += e["event_count"]
         day = e["started_at"][:10]
         per_day[day] = per_day.get(day, 0) + 1
-        add_usage(models, tools, e["models"], e["tool_stats"])
+        add_models(models, e["models"])
     return {
         "sessions": sessions,
         "events": events,
@@ -903,23 +934,13 @@ def totals_of(entries: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
     }
 
 
-def add_usage(
-    models: dict[str, dict[str, int]],
-    tools: dict[str, dict[str, Any]],
-    entry_models: Mapping[str, Mapping[str, int]],
-    entry_tools: Mapping[str, Mapping[str, Any]],
+def add_models(
+    models: dict[str, dict[str, int]], entry_models: Mapping[str, Mapping[str, int]]
 ) -> None:
-    """Add one index entry's per-model and per-tool figures to running totals."""
+    """Add one index entry's per-model figures to running totals."""
     for name, m in entry_models.items():
         t = models.get(name)
         if t is None:
             t = models[name] = dict.fromkeys(MODEL_FIELDS, 0)
         for key in MODEL_FIELDS:
             t[key] += m.get(key, 0)
-    for name, ts in entry_tools.items():
-        u = tools.get(name)
-        if u is None:
-            u = tools[name] = {"calls": 0, "failures": 0, "durations": []}
-        u["calls"] += ts["calls"]
-        u["failures"] += ts["failures"]
-        u["durations"].extend(ts["durations"])

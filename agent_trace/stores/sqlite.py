@@ -42,7 +42,8 @@ from agent_trace.stores.base import (
     SessionFilter,
     SessionInfo,
     StoreError,
-    add_usage,
+    add_models,
+    add_tool_calls,
     check_limit,
     check_projection_name,
     checked_captured,
@@ -129,18 +130,29 @@ CREATE TABLE IF NOT EXISTS sessions (
     total_tokens INTEGER NOT NULL,
     models TEXT NOT NULL,
     tools TEXT NOT NULL,
-    tool_stats TEXT NOT NULL,
     agent TEXT,
-    metadata TEXT
+    metadata TEXT,
+    last_hash TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS sessions_by_start ON sessions (started_at, first_position);
+CREATE TABLE IF NOT EXISTS tool_calls (
+    tool TEXT NOT NULL,
+    failed INTEGER NOT NULL,
+    duration_ms REAL
+);
 """
-_SESSION_COLUMNS = ", ".join(INDEX_FIELDS)
+# ``sessions`` also keeps each session's head hash: an append reads the heads
+# it chains onto from there, in the same query as the entries it updates.
+# ``tool_calls``: one row per tool call (tool, failed, duration), for the
+# per-tool figures of ``stats`` (their percentiles need every duration).
+_SESSION_FIELDS = (*INDEX_FIELDS, "last_hash")
+_SESSION_COLUMNS = ", ".join(_SESSION_FIELDS)
 _UPSERT_SESSION = (
     f"INSERT OR REPLACE INTO sessions ({_SESSION_COLUMNS}) "
-    f"VALUES ({', '.join('?' * len(INDEX_FIELDS))})"
+    f"VALUES ({', '.join('?' * len(_SESSION_FIELDS))})"
 )
-_JSON_COLUMNS = tuple(i for i, name in enumerate(INDEX_FIELDS) if name in INDEX_JSON_FIELDS)
+_JSON_COLUMNS = tuple(i for i, name in enumerate(_SESSION_FIELDS) if name in INDEX_JSON_FIELDS)
+_INSERT_TOOL_CALL = "INSERT INTO tool_calls (tool, failed, duration_ms) VALUES (?, ?, ?)"
 # The event types whose payload the index reads (base._INDEX_KINDS, any *_failed).
 _INDEXED_PAYLOAD = (
     "CASE WHEN event_type IN ('session_started', 'session_ended', 'tool_executed', "
@@ -164,14 +176,6 @@ _INSERT = f"INSERT INTO events ({_STORED_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, 
 _ROWS_PER_INSERT = 500 if sqlite3.sqlite_version_info >= (3, 32, 0) else 70
 _INSERT_BLOCK = f"INSERT INTO events ({_STORED_COLUMNS}) VALUES " + ",".join(
     ["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"] * _ROWS_PER_INSERT
-)
-# For each listed session: its last version and hash. The MAX() subquery is
-# answered from the (session_id, version) index without scanning the session.
-_HEADS = (
-    "WITH s(id) AS (VALUES {values}) "
-    "SELECT e.session_id, e.version, e.hash FROM s JOIN events e "
-    "ON e.session_id = s.id "
-    "AND e.version = (SELECT MAX(version) FROM events WHERE session_id = s.id)"
 )
 _LIST_SESSIONS = """
 SELECT g.session_id, g.started_at, g.last_activity, g.event_count, g.last_version,
@@ -614,7 +618,9 @@ def _ensure_schema(db: sqlite3.Connection, path: str) -> None:
             for statement in _statements(_SESSIONS_SCHEMA):
                 db.execute(statement)
             if version > 0:
-                _write_entries(db, _scan_entries(db))
+                entries, tool_calls = _scan_entries(db)
+                _write_entries(db, entries.values())
+                db.executemany(_INSERT_TOOL_CALL, tool_calls)
         if version < SCHEMA_VERSION:
             db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         db.execute("COMMIT")
@@ -684,22 +690,20 @@ def _append_checked(db: sqlite3.Connection, items: list[Captured]) -> int:
             db.execute("ROLLBACK")
             return 0
         sessions = list(dict.fromkeys(item[1] for item in new))
-        heads: dict[str, tuple[int, str]] = {}
-        for i in range(0, len(sessions), _CHUNK):
-            chunk = sessions[i : i + _CHUNK]
-            sql = _HEADS.format(values=",".join(["(?)"] * len(chunk)))
-            for sid, version, digest in db.execute(sql, chunk):
-                heads[sid] = (version, digest)
-        known = [sid for sid in sessions if sid in heads]  # before sealing adds the rest
+        # The sessions' index entries, and from them the heads to chain onto.
+        entries = _read_entries(db, sessions)
+        heads = {sid: (e["last_version"], e["last_hash"]) for sid, e in entries.items()}
         last = db.execute(
             "SELECT position, store_hash FROM events ORDER BY position DESC LIMIT 1"
         ).fetchone()
         last_position, store_head = last if last is not None else (0, None)
         flat = seal_captured_flat(new, heads, last_position + 1, store_head)
         _insert(db, flat)
-        entries = _read_entries(db, known)
-        fold_index_flat(entries, flat)
+        tool_calls: list[tuple[str, int, float | None]] = []
+        fold_index_flat(entries, flat, tool_calls)
         _write_entries(db, entries.values())
+        if tool_calls:
+            db.executemany(_INSERT_TOOL_CALL, tool_calls)
         db.execute("COMMIT")
     except BaseException:
         if db.in_transaction:
@@ -804,7 +808,7 @@ def _list_sessions(db: sqlite3.Connection, limit: int | None) -> list[SessionInf
 
 
 def _entry_from_row(row: Sequence[Any]) -> dict[str, Any]:
-    entry = dict(zip(INDEX_FIELDS, row, strict=True))
+    entry = dict(zip(_SESSION_FIELDS, row, strict=True))
     for name in INDEX_JSON_FIELDS:
         value = entry[name]
         entry[name] = orjson.loads(value) if value is not None else None
@@ -826,7 +830,7 @@ def _write_entries(db: sqlite3.Connection, entries: Iterable[dict[str, Any]]) ->
     dumps = orjson.dumps
     rows = []
     for e in entries:
-        row = [e[name] for name in INDEX_FIELDS]
+        row = [e[name] for name in _SESSION_FIELDS]
         for i in _JSON_COLUMNS:
             if row[i] is not None:
                 row[i] = dumps(row[i]).decode()
@@ -834,17 +838,25 @@ def _write_entries(db: sqlite3.Connection, entries: Iterable[dict[str, Any]]) ->
     db.executemany(_UPSERT_SESSION, rows)
 
 
-def _scan_entries(db: sqlite3.Connection) -> dict[str, dict[str, Any]]:
-    """Every session's index entry, folded from the stored events (migration, old schemas)."""
+def _scan_entries(
+    db: sqlite3.Connection,
+) -> tuple[dict[str, dict[str, Any]], list[tuple[str, int, float | None]]]:
+    """Every session's index entry and every tool call, folded from the stored
+    events (the migration; reads of a read-only store of an older schema)."""
     entries: dict[str, dict[str, Any]] = {}
+    tool_calls: list[tuple[str, int, float | None]] = []
     fold = fold_index
     rows = db.execute(
-        f"SELECT session_id, event_type, timestamp, {_INDEXED_PAYLOAD}, version, position "
-        "FROM events ORDER BY position"
+        f"SELECT session_id, event_type, timestamp, {_INDEXED_PAYLOAD}, version, position, "
+        "hash FROM events ORDER BY position"
     )
-    for sid, etype, ts, payload, version, position in rows:
-        fold(entries, sid, etype, ts, payload if payload is not None else b"{}", version, position)
-    return entries
+    for sid, etype, ts, payload, version, position, digest in rows:
+        fold(
+            entries, sid, etype, ts, payload if payload is not None else b"{}", version,
+            position, None, tool_calls,
+        )  # fmt: skip
+        entries[sid]["last_hash"] = digest
+    return entries, tool_calls
 
 
 def _query_sessions(
@@ -852,7 +864,8 @@ def _query_sessions(
 ) -> list[SessionInfo]:
     if _schema_version(db) < _INDEXED_FROM:
         # A read-only store of an earlier schema: the index folded in memory.
-        entries = [e for e in _scan_entries(db).values() if filter is None or filter.matches(e)]
+        found = _scan_entries(db)[0].values()
+        entries = [e for e in found if filter is None or filter.matches(e)]
         entries.sort(key=lambda e: (e["started_at"], e["first_position"]), reverse=True)
         return [info_from_entry(e, full) for e in entries[:limit]]
     where, params = _filter_sql(filter)
@@ -888,8 +901,11 @@ def _filter_sql(filter: SessionFilter | None) -> tuple[str, list[Any]]:
 
 
 def _session_totals(db: sqlite3.Connection) -> dict[str, Any]:
+    tools: dict[str, dict[str, Any]] = {}
     if _schema_version(db) < _INDEXED_FROM:
-        return totals_of(_scan_entries(db).values())
+        entries, tool_calls = _scan_entries(db)
+        add_tool_calls(tools, tool_calls)
+        return totals_of(entries.values(), tools)
     db.execute("BEGIN")  # one snapshot for every figure
     try:
         sessions, events = db.execute(
@@ -902,10 +918,10 @@ def _session_totals(db: sqlite3.Connection) -> dict[str, Any]:
             ).fetchall()
         )
         models: dict[str, dict[str, int]] = {}
-        tools: dict[str, dict[str, Any]] = {}
         loads = orjson.loads
-        for m, t in db.execute("SELECT models, tool_stats FROM sessions"):
-            add_usage(models, tools, loads(m), loads(t))
+        for (text,) in db.execute("SELECT models FROM sessions WHERE models != '{}'"):
+            add_models(models, loads(text))
+        add_tool_calls(tools, db.execute("SELECT tool, failed, duration_ms FROM tool_calls"))
     finally:
         db.execute("COMMIT")
     return {
