@@ -389,11 +389,10 @@ async def _scanned_session_rows(
                 continue
             models = sorted(
                 {
-                    m
+                    m if isinstance(m, str) else "unknown"
                     for ev in events
-                    if ev.event_type == "llm_responded"
+                    if ev.event_type in ("llm_responded", "llm_failed")
                     for m in [ev.payload.get("response_model") or ev.payload.get("model")]
-                    if isinstance(m, str)
                 }
             )
             if args.model is not None and args.model not in models:
