@@ -652,10 +652,10 @@ async def _indexed_stats(store: SessionIndexStore) -> _Stats:
     tiered prices or a price change within the store's span.
     """
     from agent_trace.prices import usage_cost
-    from agent_trace.projections import ModelUsage, ToolStatsProjection
+    from agent_trace.projections import ModelUsage, ToolStats
 
     totals = await store.session_totals()
-    tools = ToolStatsProjection.stats(totals["tools"])
+    tools = {name: ToolStats(tool=name, **f) for name, f in totals["tools"].items()}
     models = {}
     for name, m in totals["models"].items():
         usage = {k: v for k, v in m.items() if k not in ("calls", "failures")}

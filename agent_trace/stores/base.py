@@ -898,7 +898,8 @@ class SessionIndexStore(Protocol):
       newest-started first, at most ``limit``, those passing ``filter``;
     - ``session_totals()``: ``{"sessions", "events", "per_day": {day: n},
       "models": {model: {MODEL_FIELDS...}}, "tools": {tool: {"calls",
-      "failures", "durations"}}}`` over the whole index (``totals_of``).
+      "failures", "p50_ms", "p95_ms", "mean_ms"}}}`` over the whole index
+      (``totals_of``).
     """
 
     async def query_sessions(
@@ -930,8 +931,34 @@ def totals_of(
         "events": events,
         "per_day": dict(sorted(per_day.items())),
         "models": dict(sorted(models.items())),
-        "tools": dict(sorted(tools.items())),
+        "tools": {
+            name: tool_figures(t["calls"], t["failures"], sorted(t["durations"]))
+            for name, t in sorted(tools.items())
+        },
     }
+
+
+def percentile_ranks(n: int, pct: float) -> tuple[int, int, float]:
+    """Where the ``pct`` percentile of ``n`` sorted values lies: ``(lo, hi, weight)``,
+    the value being ``v[lo] + (v[hi] - v[lo]) * weight`` (linear interpolation
+    between closest ranks, as ``projections.ToolStats``)."""
+    k = (n - 1) * pct / 100
+    lo = int(k)
+    return lo, min(lo + 1, n - 1), k - lo
+
+
+def tool_figures(calls: int, failures: int, ordered: Sequence[float]) -> dict[str, Any]:
+    """One tool's ``{"calls", "failures", "p50_ms", "p95_ms", "mean_ms"}`` from its
+    sorted durations."""
+    figures: dict[str, Any] = {"calls": calls, "failures": failures}
+    for name, pct in (("p50_ms", 50), ("p95_ms", 95)):
+        if ordered:
+            lo, hi, w = percentile_ranks(len(ordered), pct)
+            figures[name] = ordered[lo] + (ordered[hi] - ordered[lo]) * w
+        else:
+            figures[name] = None
+    figures["mean_ms"] = sum(ordered) / len(ordered) if ordered else None
+    return figures
 
 
 def add_models(

@@ -164,9 +164,17 @@ async def assert_index_matches_scan(store: EventStore) -> None:
     assert totals["models"] == {
         name: {k: v for k, v in m.items() if k != "cost"} for name, m in sorted(scanned.items())
     }
-    from agent_trace.projections import ToolStatsProjection
-
-    assert ToolStatsProjection.stats(totals["tools"]) == await tool_stats(store)
+    scanned_tools = await tool_stats(store)
+    assert list(totals["tools"]) == list(scanned_tools)
+    for name, f in totals["tools"].items():
+        t = scanned_tools[name]
+        assert (f["calls"], f["failures"], f["p50_ms"], f["p95_ms"]) == (
+            t.calls,
+            t.failures,
+            t.p50_ms,
+            t.p95_ms,
+        )
+        assert f["mean_ms"] == pytest.approx(t.mean_ms)  # SQL sums floats its own way
 
 
 async def test_index_answers_as_a_scan_and_filters(kind: StoreKind, tmp_path: Path) -> None:
