@@ -92,16 +92,20 @@ def main() -> None:
     for _ in range(args.repeat):  # alternating, so noise hits both alike
         for name, tree in trees.items():
             runs[name].append(run(tree, args.events, args.batch, args.sessions))
-    print(f"\nSQLite append_captured, {args.events:,} events, batches of {args.batch}, "
-          f"{args.sessions} sessions (best / median of {args.repeat}, alternating)")
+    print(
+        f"\nSQLite append_captured, {args.events:,} events, batches of {args.batch}, "
+        f"{args.sessions} sessions (best / median of {args.repeat}, alternating)"
+    )
     for name, values in runs.items():
         values.sort()
-        print(f"  {name:10s} {values[-1]:>10,.0f} events/s   median {values[len(values) // 2]:,.0f}")
+        print(
+            f"  {name:10s} {values[-1]:>10,.0f} events/s   median {values[len(values) // 2]:,.0f}"
+        )
     if args.baseline is not None:
         best = max(runs["this tree"]) / max(runs["baseline"])
-        median = sorted(runs["this tree"])[args.repeat // 2] / sorted(runs["baseline"])[
-            args.repeat // 2
-        ]
+        median = (
+            sorted(runs["this tree"])[args.repeat // 2] / sorted(runs["baseline"])[args.repeat // 2]
+        )
         print(f"  this tree / baseline: {best:.2f}x (best), {median:.2f}x (median)")
 
 
