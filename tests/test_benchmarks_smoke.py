@@ -94,3 +94,26 @@ def test_quick_llm_client_benchmark_without_logfire(tmp_path):
     rows = _check_llm_table(proc)
     assert all("skipped: pip install logfire" in line for line in rows), proc.stdout
     assert list(work.iterdir()) == []
+
+
+def test_append_captured_benchmark_compares_two_trees(tmp_path):
+    """Side by side against a baseline tree (here the same one): both rows and the ratio."""
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "benchmarks" / "bench_append_captured.py"),
+            "--baseline",
+            str(REPO),
+            "--events",
+            "2000",
+            "--repeat",
+            "1",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    for part in ("this tree", "baseline", "this tree / baseline:"):
+        assert part in proc.stdout, proc.stdout
