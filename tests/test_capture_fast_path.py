@@ -32,8 +32,12 @@ text = st.one_of(
     st.text(max_size=40),
     st.text(alphabet="abBsk-_AKIS:/@?&;=e r\t", max_size=30),
     st.sampled_from(SECRETS),
-    st.builds(lambda a, s, b: f"{a}{s}{b}", st.text(max_size=10), st.sampled_from(SECRETS),
-              st.text(max_size=10)),
+    st.builds(
+        lambda a, s, b: f"{a}{s}{b}",
+        st.text(max_size=10),
+        st.sampled_from(SECRETS),
+        st.text(max_size=10),
+    ),
 )
 scalars = st.one_of(
     st.none(),
@@ -74,7 +78,9 @@ def test_the_fast_path_is_taken_for_a_plain_response() -> None:
 
 def test_what_the_scan_must_send_to_the_walk() -> None:
     assert orjson.loads(capture({"a": [{"api_key": "x"}]})) == {"a": [{"api_key": REDACTED}]}
-    assert orjson.loads(capture({"h": [("Authorization", "x")]})) == {"h": [["Authorization", REDACTED]]}
+    assert orjson.loads(capture({"h": [("Authorization", "x")]})) == {
+        "h": [["Authorization", REDACTED]]
+    }
     assert orjson.loads(capture({"x": [None, math.nan]})) == {"x": [None, "NaN"]}
     assert orjson.loads(capture({"u": "Bearer abcdefgh"})) == {"u": f"Bearer {REDACTED}"}
     deep: Any = "leaf"
