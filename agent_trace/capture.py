@@ -4,9 +4,12 @@ Capture runs on the caller's path at call time, so a later mutation of an
 argument cannot change the record. It must never raise into agent code:
 whatever cannot be serialized is recorded in a readable form instead.
 
-Fast path: one ``orjson.dumps`` call (C speed). Only when that fails, or its
-output might hold something to bound or hide (a long string, a redacted key,
-a non-finite float), does a Python walk build a JSON-safe copy that:
+Fast path: one ``orjson.dumps`` call (C speed), then, for plain JSON-like
+values, one pass over the value (:func:`_scan`) that looks only at the object
+keys present, the floats and the strings that could hold a secret (other
+types: checks on the output). Only when that fails, or the value holds
+something to bound or hide (a long string, a redacted key, a non-finite
+float, a secret), does a Python walk build a JSON-safe copy that:
 
 - truncates strings longer than ``max_value_chars`` with a visible marker;
 - cuts containers deeper than ``max_depth`` and longer than ``max_items``
