@@ -4,9 +4,12 @@ Capture runs on the caller's path at call time, so a later mutation of an
 argument cannot change the record. It must never raise into agent code:
 whatever cannot be serialized is recorded in a readable form instead.
 
-Fast path: one ``orjson.dumps`` call (C speed). Only when that fails, or its
-output might hold something to bound or hide (a long string, a redacted key,
-a non-finite float), does a Python walk build a JSON-safe copy that:
+Fast path: one ``orjson.dumps`` call (C speed), then, for plain JSON-like
+values, one pass over the value (:func:`_scan`) that looks only at the object
+keys present, the floats and the strings that could hold a secret (other
+types: checks on the output). Only when that fails, or the value holds
+something to bound or hide (a long string, a redacted key, a non-finite
+float, a secret), does a Python walk build a JSON-safe copy that:
 
 - truncates strings longer than ``max_value_chars`` with a visible marker;
 - cuts containers deeper than ``max_depth`` and longer than ``max_items``
@@ -179,6 +182,11 @@ class CaptureOptions:
     _verdicts: dict[str, bool] = dataclasses.field(
         default_factory=dict, init=False, repr=False, compare=False
     )
+    # Object keys seen that redact nothing: one set.issuperset per dict (C
+    # speed) clears a payload's keys once its call shape has been seen.
+    _safe_keys: set[str] = dataclasses.field(
+        default_factory=set, init=False, repr=False, compare=False
+    )
 
     def __post_init__(self) -> None:
         keys = frozenset(k.lower() for k in self.redact_keys)
@@ -264,6 +272,16 @@ def capture(
         return _slow(value, options)
     if len(out) > options.max_value_chars:
         return _slow(value, options)
+    if keys is None and options.mask is None:
+        # Plain JSON-like values (dict, list, tuple, str, int, float, bool,
+        # None): one pass over the value itself finds what the walk would
+        # change, looking only at the keys, floats and strings present.
+        found = _scan(value, options, 0)
+        if found == _CLEAN:
+            return b"%b" % out
+        if found == _WALK:
+            return _slow(value, options)
+        # _OTHER: types the scan does not know; the checks on the output below.
     key_re = options._key_re
     if key_re is not None:
         verdicts = options._key_verdicts
@@ -330,6 +348,94 @@ def _default(obj: Any) -> Any:
         return dict(obj)
     # Anything else: fail the fast path so the walker records a safe repr.
     raise TypeError
+
+
+_CLEAN, _WALK, _OTHER = 0, 1, 2
+_SCALARS = (str, int, bool, type(None))
+
+
+def _scan(value: Any, options: CaptureOptions, depth: int) -> int:
+    """Would the walk change ``value``'s JSON? ``_CLEAN`` (no), ``_WALK`` (yes), or
+    ``_OTHER`` (``value`` holds a type this scan leaves to the output checks).
+
+    Exact for dicts with str keys, lists, tuples, str, int, float, bool and
+    None, given that the output fits ``max_value_chars`` and no ``mask`` is
+    set: a redacted key or (name, value) pair, a non-finite float, a string
+    that may hold a secret (:func:`_str_may_hold_secret`) or a container
+    deeper than ``max_depth`` is what the walk changes. Ints beyond 64 bits
+    and lone surrogates make orjson fail, so they never get here.
+    """
+    kind = type(value)
+    if kind is dict:
+        if depth >= options.max_depth:
+            return _WALK
+        safe = options._safe_keys
+        if not safe.issuperset(value):
+            for key in value:
+                if key in safe:
+                    continue
+                if type(key) is not str:
+                    return _OTHER
+                if options.redacts(key):
+                    return _WALK
+                if len(safe) < 10_000:
+                    safe.add(key)
+        items: Iterable[Any] = value.values()
+    elif kind is list or kind is tuple:
+        if depth >= options.max_depth:
+            return _WALK
+        if len(value) == 2 and type(value[0]) is str and options.redacts(value[0]):
+            return _WALK  # a (name, value) pair naming a secret: HTTP header lists
+        items = value
+    elif kind is str:
+        return _WALK if _str_may_hold_secret(value) else _CLEAN
+    elif kind is float:
+        return _CLEAN if value - value == 0.0 else _WALK  # NaN and inf give NaN
+    elif kind in _SCALARS:
+        return _CLEAN
+    else:
+        return _OTHER
+    for item in items:
+        kind = type(item)
+        if kind is str:
+            if len(item) >= 6 and _str_may_hold_secret(item):
+                return _WALK
+        elif kind is float:
+            if item - item != 0.0:
+                return _WALK
+        elif kind is not int and kind is not bool and item is not None:
+            found = _scan(item, options, depth + 1)
+            if found:
+                return found
+    return _CLEAN
+
+
+def _str_may_hold_secret(s: str) -> bool:
+    """Could :func:`mask_secrets` change ``s``? Cheap and never wrong when False.
+
+    Each test is a necessary part of a pattern in ``_VALUE_PATTERNS``,
+    probed first with one character (``in`` on one character is a memchr):
+    shorter than 6 characters nothing matches; key shapes need ``sk-``,
+    ``xox``, ``gh``/``github_pat_`` with ``_``, or ``AKIA``/``ASIA``/``AIza``;
+    userinfo needs ``://`` and ``@``; a query parameter ``=`` after ``?``,
+    ``&`` or ``;``; an Authorization value ``bearer`` or ``basic`` in any case.
+    """
+    if len(s) < 6:
+        return False
+    if "-" in s and ("sk-" in s or "xox" in s):
+        return True
+    if "_" in s and "gh" in s:
+        return True
+    if "A" in s and ("AKIA" in s or "ASIA" in s or "AIza" in s):
+        return True
+    if "@" in s and "://" in s:
+        return True
+    if "=" in s and ("?" in s or "&" in s or ";" in s):
+        return True
+    if "b" in s or "B" in s:
+        low = s.lower()
+        return "bearer" in low or "basic" in low
+    return False
 
 
 def _has_nonfinite(value: Any, depth: int) -> bool:

@@ -130,6 +130,10 @@ class StoreVerification:
     events_checked: int
     failures: list[VerificationResult] = field(default_factory=list)
     store_head: tuple[int, str] | None = None
+    #: Incremental run: the position of the head verified by an earlier run,
+    #: after which this run read the events (None: a full run, every event read).
+    #: ``events_checked`` counts the events before it too.
+    resumed_after: int | None = None
 
     def __bool__(self) -> bool:
         return self.ok
@@ -359,8 +363,22 @@ async def verify_store(
     expected_heads: Mapping[str, Any] | Iterable[SessionHead] | None = None,
     expected_store_head: tuple[int, str] | None = None,
     progress: Callable[[int], object] | None = None,
+    full: bool = False,
 ) -> StoreVerification:
     """Verify every session and the global order; report all failures (not just the first).
+
+    Incremental: a run that finds no failure remembers, in the store itself
+    (projection ``agent_trace.verified``, through the projection API every
+    bundled store offers), the verified head of the global order and of each
+    session. The next run first re-checks that the remembered head still
+    matches the stored row at its position (same position, event hash and
+    store chain link: a rewrite of earlier history that changes the head,
+    a truncation or removal below it, is found), then checks only the events
+    after it, continuing each session's chain and the store chain from the
+    remembered heads. It does not re-read events before the head: an edit of
+    an already verified event that leaves the head row as it was is found by
+    ``full=True`` (every event, and the memory is rewritten), not by an
+    incremental run.
 
     ``expected_heads`` (session id -> head, or a list of ``SessionHead``) also
     flags truncated sessions and sessions that disappeared altogether;
@@ -372,9 +390,15 @@ async def verify_store(
     anchors = _anchors(expected_heads)
 
     async def run(s: EventStore) -> StoreVerification:
-        if getattr(s, "stored_rows", None) is not None:
-            return await _verify_rows(s, anchors, expected_store_head, progress)
-        return await _verify_sessions(s, anchors)
+        if getattr(s, "stored_rows", None) is None:
+            return await _verify_sessions(s, anchors)
+        memory = await _VerifiedHead.load(s)
+        result, verified = await _verify_rows(
+            s, anchors, expected_store_head, progress, None if full else memory
+        )
+        if verified is not None and (memory is None or verified != memory):
+            await verified.save(s, memory)
+        return result
 
     result = await _guarded(store, run)
     if isinstance(result, BaseException):
@@ -399,20 +423,94 @@ async def _verify_sessions(s: EventStore, anchors: dict[str, SessionHead]) -> St
     return StoreVerification(not failures, len(infos), events_checked, failures)
 
 
+#: The projection name under which verify_store remembers what it verified.
+VERIFIED_PROJECTION = "agent_trace.verified"
+
+
+@dataclass(slots=True)
+class _VerifiedHead:
+    """What an earlier ``verify_store`` run verified: the global order up to
+    ``position`` (store chain ``link``, ``chained`` once a link was seen) and
+    each session's (version, hash) at that point."""
+
+    position: int
+    link: str
+    chained: bool
+    heads: dict[str, tuple[int, str]]
+    # The projection checkpoint it was loaded at (compare-and-set); not compared.
+    checkpoint: int = field(default=0, compare=False)
+
+    @property
+    def store_head(self) -> tuple[int, str] | None:
+        return (self.position, self.link) if self.chained else None
+
+    @classmethod
+    async def load(cls, s: Any) -> _VerifiedHead | None:
+        load = getattr(s, "load_projection", None)
+        if load is None:
+            return None
+        state_json, checkpoint = await load(VERIFIED_PROJECTION)
+        if state_json is None:
+            return None
+        try:
+            state = orjson.loads(state_json)
+            heads = {sid: (int(v), str(h)) for sid, (v, h) in state["heads"].items()}
+            return cls(
+                int(state["position"]), str(state["link"]), bool(state["chained"]), heads,
+                checkpoint,
+            )  # fmt: skip
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError):
+            return None  # not ours or damaged: verify everything, then rewrite it
+
+    async def save(self, s: Any, memory: _VerifiedHead | None) -> None:
+        save = getattr(s, "save_projection", None)
+        if save is None or self.position <= 0:
+            return
+        state = orjson.dumps(
+            {
+                "position": self.position,
+                "link": self.link,
+                "chained": self.chained,
+                "heads": self.heads,
+            }
+        ).decode()
+        from agent_trace.stores.base import StoreError
+
+        try:
+            await save(
+                VERIFIED_PROJECTION, state, self.position, memory.checkpoint if memory else 0
+            )
+        except (StoreError, *_UNREADABLE):
+            # A read-only store, or another run saved first: the result stands;
+            # the next run just checks more.
+            pass
+
+
 async def _verify_rows(
     s: Any,
     anchors: dict[str, SessionHead],
     expected_store_head: tuple[int, str] | None,
     progress: Callable[[int], object] | None = None,
-) -> StoreVerification:
+    memory: _VerifiedHead | None = None,
+) -> tuple[StoreVerification, _VerifiedHead | None]:
     """One pass over the stored rows in position order: the store chain, and
     every session's chain as its events come (a session's versions follow
-    its positions), keeping only each session's head in memory."""
+    its positions), keeping only each session's head in memory. With
+    ``memory``, the pass starts after the remembered head, once that head's
+    row is found unchanged. Also returns what to remember (None on a failure)."""
     heads: dict[str, tuple[int, str]] = {}  # session -> (version, hash) verified so far
     broken: dict[str, VerificationResult] = {}
     order: VerificationResult | None = None
     link, chained, last_position, positions = GENESIS_HASH, False, 0, 0
     after = 0
+    if memory is not None and memory.position > 0:
+        problem = await _head_problem(s, memory)
+        if problem is not None:
+            failure = _order_failure(1, problem)
+            return StoreVerification(False, 0, 0, [failure], None, memory.position), None
+        heads = dict(memory.heads)
+        link, chained = memory.link, memory.chained
+        last_position = after = memory.position
     while True:
         rows = await s.stored_rows(None, after, _PAGE)
         if not rows:
@@ -462,6 +560,8 @@ async def _verify_rows(
             break
         after = last
     failures = list(broken.values())
+    # Events the result vouches for, as a full run counts them: on an incremental
+    # run, those before the remembered head were checked by an earlier run.
     events_checked = sum(v for v, _ in heads.values()) + sum(r.events_checked for r in failures)
     for sid, anchor in anchors.items():
         if sid in heads and sid not in broken:
@@ -483,7 +583,37 @@ async def _verify_rows(
     if order is not None:
         failures.insert(0, order)
     sessions = len(set(heads) | set(broken))
-    return StoreVerification(not failures, sessions, events_checked, failures, store_head)
+    result = StoreVerification(
+        not failures,
+        sessions,
+        events_checked,
+        failures,
+        store_head,
+        memory.position if memory is not None and memory.position > 0 else None,
+    )
+    if failures:
+        return result, None
+    return result, _VerifiedHead(last_position, link, chained, heads)
+
+
+async def _head_problem(s: Any, memory: _VerifiedHead) -> str | None:
+    """Why the remembered verified head no longer matches the store, or None."""
+    rows = await s.stored_rows(None, memory.position - 1, 1)
+    row = rows[0] if rows else None
+    if row is None or (row[6] if len(row) > 6 else None) != memory.position:
+        return (
+            f"the verified head at position {memory.position} is gone (the store was "
+            "truncated or events were removed); run a full verification"
+        )
+    sid = row[1]
+    version, digest = memory.heads.get(sid, (None, None)) if isinstance(sid, str) else (None, None)
+    stored_link = row[12] if len(row) > 12 else None
+    if version != row[5] or digest != row[11] or (memory.chained and stored_link != memory.link):
+        return (
+            f"the verified head at position {memory.position} changed since it was "
+            "verified (history was rewritten); run a full verification"
+        )
+    return None
 
 
 def _order_failure(checked: int, reason: str) -> VerificationResult:

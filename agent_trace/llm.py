@@ -37,6 +37,8 @@ __all__ = [
 
 
 def _get(obj: Any, key: str) -> Any:
+    if type(obj) is dict:  # the common case (a dumped response): no ABC check
+        return obj.get(key)
     if obj is None:
         return None
     if isinstance(obj, Mapping):

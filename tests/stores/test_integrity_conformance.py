@@ -149,3 +149,87 @@ async def test_every_store_keeps_the_store_chain_and_hands_over_stored_rows(stor
     assert again.ok
     cut = await verify_store(store, expected_store_head=(7, link))
     assert not cut.ok and "truncated" in (cut.failures[0].reason or "")
+
+
+# --- verify_store, incremental (remembered in projection "agent_trace.verified") ---
+
+
+async def _two_sessions(store, n: int, first: int = 0) -> None:
+    await store.append([make_event(f"s{i % 2}", "note", {"n": first + i}) for i in range(n)])
+
+
+def _count_rows(store) -> list[int]:
+    """How many rows verify_store reads through the store (instrumenting the instance)."""
+    read = [0]
+    stored_rows = store.stored_rows
+
+    async def counting(*args, **kwargs):
+        rows = await stored_rows(*args, **kwargs)
+        read[0] += len(rows)
+        return rows
+
+    store.stored_rows = counting
+    return read
+
+
+async def test_a_second_verify_store_reads_only_what_is_new(store):
+    await _two_sessions(store, 6)
+    first = await verify_store(store)
+    assert first.ok and first.resumed_after is None and first.events_checked == 6
+    await _two_sessions(store, 3, first=6)
+    read = _count_rows(store)
+    second = await verify_store(store)
+    assert second.ok and second.resumed_after == first.store_head[0]
+    assert second.events_checked == 9 and second.store_head[0] > first.store_head[0]
+    assert read[0] == 1 + 3  # the remembered head's row, then the new events
+    read[0] = 0
+    again = await verify_store(store)
+    assert again.ok and again.store_head == second.store_head and read[0] == 1
+    read[0] = 0
+    full = await verify_store(store, full=True)
+    assert full.ok and full.resumed_after is None and read[0] == 9
+    assert full.store_head == second.store_head
+
+
+async def test_an_incremental_run_continues_each_session_chain(store):
+    await _two_sessions(store, 4)
+    assert (await verify_store(store)).ok
+    await _two_sessions(store, 2, first=4)
+    # A verified head the new events do not follow (as if the stored history
+    # before it had been rewritten and re-hashed after that run).
+    state, checkpoint = await store.load_projection("agent_trace.verified")
+    import orjson
+
+    memory = orjson.loads(state)
+    memory["heads"]["s0"][1] = "0" * 63 + "1"
+    await store.save_projection("agent_trace.verified", orjson.dumps(memory).decode(),
+                                checkpoint, checkpoint)  # fmt: skip
+    result = await verify_store(store)
+    assert not result.ok and [f.session_id for f in result.failures] == ["s0"]
+    assert result.failures[0].first_bad_version == 3
+    # A full run reads the store itself: intact, and it rewrites the memory.
+    assert (await verify_store(store, full=True)).ok
+    assert (await verify_store(store)).ok
+
+
+async def test_a_changed_or_vanished_head_fails_an_incremental_run(store):
+    import orjson
+
+    await _two_sessions(store, 4)
+    verified = await verify_store(store)
+    state, checkpoint = await store.load_projection("agent_trace.verified")
+    memory = orjson.loads(state)
+    for change, words in (
+        ({"link": "f" * 64}, "changed since it was verified"),
+        ({"position": verified.store_head[0] + 50}, "is gone"),
+    ):
+        forged = orjson.dumps({**memory, **change}).decode()
+        await store.save_projection("agent_trace.verified", forged, checkpoint, checkpoint)
+        result = await verify_store(store)
+        assert not result.ok and result.failures[0].session_id == "*"
+        assert words in (result.failures[0].reason or "")
+        # A failed run leaves the memory as it was: the next run fails the same way.
+        assert (await store.load_projection("agent_trace.verified"))[0] == forged
+        assert (await verify_store(store, full=True)).ok
+        state, checkpoint = await store.load_projection("agent_trace.verified")
+        assert orjson.loads(state) == memory
