@@ -805,7 +805,7 @@ async def _verify(args: argparse.Namespace, store: EventStore, out: Output) -> i
                 advance(checked - done[0])
                 done[0] = checked
 
-            report = await verify_store(store, progress=step, full=args.full)
+            report = await verify_store(store, progress=step, incremental=args.incremental)
         sessions = max(report.sessions_checked, len(infos))
         results = list(report.failures)
         events_checked = report.events_checked
@@ -1173,7 +1173,7 @@ _COMMANDS: dict[str, tuple[Any, str, str]] = {
     "verify": (
         cmd_verify,
         "verify hash chains (exit 1 if any fails)",
-        "agent-trace verify\n  agent-trace verify --full\n  agent-trace verify research-03",
+        "agent-trace verify\n  agent-trace verify --incremental\n  agent-trace verify research-03",
     ),
     "export": (
         cmd_export,
@@ -1266,9 +1266,10 @@ def build_parser() -> argparse.ArgumentParser:
         "session_id", metavar="ID", nargs="?", help="one session (default: every session)"
     )
     subs["verify"].add_argument(
-        "--full",
+        "--incremental",
         action="store_true",
-        help="re-check every event, not only those after the head verified last time",
+        help="check only events after the head a clean run verified last time "
+        "(re-checks that head; an in-place edit before it needs a full run)",
     )
     subs["replay"].add_argument(
         "--step", action="store_true", help="wait for Enter between steps (on a terminal)"

@@ -363,22 +363,22 @@ async def verify_store(
     expected_heads: Mapping[str, Any] | Iterable[SessionHead] | None = None,
     expected_store_head: tuple[int, str] | None = None,
     progress: Callable[[int], object] | None = None,
-    full: bool = False,
+    incremental: bool = False,
 ) -> StoreVerification:
     """Verify every session and the global order; report all failures (not just the first).
 
-    Incremental: a run that finds no failure remembers, in the store itself
-    (projection ``agent_trace.verified``, through the projection API every
-    bundled store offers), the verified head of the global order and of each
-    session. The next run first re-checks that the remembered head still
-    matches the stored row at its position (same position, event hash and
-    store chain link: a rewrite of earlier history that changes the head,
-    a truncation or removal below it, is found), then checks only the events
-    after it, continuing each session's chain and the store chain from the
-    remembered heads. It does not re-read events before the head: an edit of
-    an already verified event that leaves the head row as it was is found by
-    ``full=True`` (every event, and the memory is rewritten), not by an
-    incremental run.
+    Every run reads every event (what SPEC 8 promises: an edit is found
+    whenever it happened). A run that finds no failure also remembers, in the
+    store itself (projection ``agent_trace.verified``, through the projection
+    API every bundled store offers), the verified head of the global order
+    and of each session, for ``incremental=True``: such a run first re-checks
+    that the remembered head still matches the stored row at its position
+    (same position, event hash and store chain link: a rewrite of earlier
+    history that changes the head, a truncation or removal below it, is
+    found), then checks only the events after it, continuing each session's
+    chain and the store chain from the remembered heads. It does not re-read
+    events before the head: an in-place edit of an already verified event
+    that leaves the head row as it was is found by a full run only.
 
     ``expected_heads`` (session id -> head, or a list of ``SessionHead``) also
     flags truncated sessions and sessions that disappeared altogether;
@@ -394,7 +394,7 @@ async def verify_store(
             return await _verify_sessions(s, anchors)
         memory = await _VerifiedHead.load(s)
         result, verified = await _verify_rows(
-            s, anchors, expected_store_head, progress, None if full else memory
+            s, anchors, expected_store_head, progress, memory if incremental else None
         )
         if verified is not None and (memory is None or verified != memory):
             await verified.save(s, memory)

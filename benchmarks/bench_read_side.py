@@ -18,11 +18,11 @@ Rows (each value and its reference measured side by side in this run):
 - ``agent-trace sessions --limit 20`` and ``sessions`` vs CLI start-up
   (``agent-trace --version``);
 - ``agent-trace stats`` vs CLI start-up + a raw scan of every payload;
-  ``agent-trace verify --full`` vs CLI start-up + a minimal verifier;
+  ``agent-trace verify`` (full) vs CLI start-up + a minimal verifier;
   ``agent-trace verify`` (incremental, nothing new) vs CLI start-up;
 - ``ProjectionRunner.run_once`` (``SessionSummaries``) per event at 1%, 10%
   and 100% of the store, vs a plain ``rebuild`` of the same view;
-- ``verify_store(full=True)`` per event vs a minimal verifier (a loop
+- ``verify_store()`` (full) per event vs a minimal verifier (a loop
   recomputing each session's hash chain from the rows), and a second,
   incremental run (nothing new) vs that first run;
 - capture of a 2.2 KB OpenAI chat completion vs ``orjson.dumps``;
@@ -479,25 +479,25 @@ async def main() -> None:
                         f"{stats / (startup + scan):.2f}x", "<= 0.5x"))
         minimal, checked = minimal_verify(big)
         assert checked == n
-        verify_cli = run_cli(cli("--store", url, "--plain", "verify", "--full"), 1)
-        rows.append(Row("agent-trace verify --full", fmt_s(verify_cli),
+        verify_cli = run_cli(cli("--store", url, "--plain", "verify"), 1)
+        rows.append(Row("agent-trace verify (full)", fmt_s(verify_cli),
                         f"start-up + minimal verifier: {fmt_s(startup + minimal)}",
                         f"{verify_cli / (startup + minimal):.1f}x"))
 
         # verify_store per event vs the minimal verifier (a full run, which
         # also remembers the verified heads)
         start = time.perf_counter()
-        result = await verify_store(url, full=True)
+        result = await verify_store(url)
         api_verify = time.perf_counter() - start
         assert result.ok and result.events_checked == n, result
-        rows.append(Row("verify_store per event (full=True)", fmt_s(api_verify / n),
+        rows.append(Row("verify_store per event (full)", fmt_s(api_verify / n),
                         f"minimal verifier: {fmt_s(minimal / n)}",
                         f"{api_verify / minimal:.1f}x"))
         # the second run: only the remembered head is re-checked (nothing new)
         again = []
         for _ in range(runs):
             start = time.perf_counter()
-            second = await verify_store(url)
+            second = await verify_store(url, incremental=True)
             again.append(time.perf_counter() - start)
             assert second.ok and second.resumed_after == result.store_head[0], second
         again.sort()
@@ -505,8 +505,8 @@ async def main() -> None:
                         f"{fmt_s(again[0])}-{fmt_s(again[-1])}",
                         f"first (full) run: {fmt_s(api_verify)}",
                         f"{again[len(again) // 2] / api_verify:.4f}x"))
-        agent_verify = run_cli(cli("--store", url, "--plain", "verify"), runs)
-        rows.append(Row("agent-trace verify (incremental), nothing new", fmt_s(agent_verify),
+        agent_verify = run_cli(cli("--store", url, "--plain", "verify", "--incremental"), runs)
+        rows.append(Row("agent-trace verify --incremental, nothing new", fmt_s(agent_verify),
                         f"CLI start-up: {fmt_s(startup)}", f"{agent_verify / startup:.1f}x"))
 
         # ProjectionRunner.run_once at 1%, 10% and 100% of the store

@@ -21,7 +21,7 @@ ROWS = (
     "agent-trace verify",
     "verify_store per event",
     "verify_store second run",
-    "agent-trace verify (incremental)",
+    "agent-trace verify --incremental",
     "run_once per event at 200",
     "run_once per event at 2,000",
     "run_once per event at 20,000",

@@ -270,16 +270,16 @@ def test_verify_detects_an_edited_event(store, tmp_path, events):
     db.commit()
     db.close()
     url = f"sqlite:///{path}"
-    # The fixture's store was verified by an earlier test: the edited event is
-    # before the remembered head, so only a full run reads it again.
-    proc = cli("--store", url, "verify", "--full")
+    # The fixture's store was verified by an earlier test: a full run (the
+    # default) reads the edited event again; an incremental one would not.
+    proc = cli("--store", url, "verify")
     assert proc.returncode == 1, proc.stdout + proc.stderr
     bad = events["research-05"][6]
     assert f"FAILED research-05 at version 7 (event {bad.event_id}): hash does not match" in (
         proc.stdout
     )
     assert "1 of 8 sessions FAILED" in proc.stdout
-    proc = cli("--store", url, "verify", "--json", "--full")
+    proc = cli("--store", url, "verify", "--json")
     assert proc.returncode == 1
     data = json.loads(proc.stdout)
     assert data["ok"] is False

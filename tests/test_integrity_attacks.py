@@ -444,7 +444,7 @@ async def test_a_jsonl_store_of_an_earlier_release_still_verifies(tmp_path: Path
     text = path.read_bytes().replace(b'"tool":"search"', b'"tool": "search"', 1)
     path.write_bytes(text)
     store = JSONLStore(tmp_path)
-    result = await at.verify_store(store, full=True)  # the line is before the verified head
+    result = await at.verify_store(store)  # every event is read again
     await store.close()
     assert not result.ok and "canonical" in (result.failures[-1].reason or "")
 
@@ -461,22 +461,22 @@ async def test_incremental_verify_store_what_it_rechecks_and_what_a_full_run_add
     # read it again (README), a full run does.
     _tamper(path, ("UPDATE events SET payload = ? WHERE position = 3", ('{"n":1}',)))
     store = SQLiteStore(path)
-    incremental = await at.verify_store(store)
+    incremental = await at.verify_store(store, incremental=True)
     assert incremental.ok and incremental.resumed_after == 10
-    full = await at.verify_store(store, full=True)
+    full = await at.verify_store(store)
     assert not full.ok and full.failures[0].first_bad_version == 2
     await store.close()
     # History rewritten up to the head (its hash changes): the incremental run
     # re-checks the remembered head and fails.
     _tamper(path, ("UPDATE events SET hash = ? WHERE position = 10", ("ab" * 32,)))
     store = SQLiteStore(path)
-    rewritten = await at.verify_store(store)
+    rewritten = await at.verify_store(store, incremental=True)
     await store.close()
     assert not rewritten.ok and rewritten.failures[0].session_id == "*"
     assert "changed since it was verified" in (rewritten.failures[0].reason or "")
     proc = subprocess.run(
         [sys.executable, "-m", "agent_trace.cli", "--store", f"sqlite:///{path}", "verify",
-         "--full", "--json"],
+         "--json"],
         capture_output=True, text=True, check=False,
     )  # fmt: skip
     assert proc.returncode == 1 and not orjson.loads(proc.stdout)["ok"], proc.stderr

@@ -178,15 +178,15 @@ async def test_a_second_verify_store_reads_only_what_is_new(store):
     assert first.ok and first.resumed_after is None and first.events_checked == 6
     await _two_sessions(store, 3, first=6)
     read = _count_rows(store)
-    second = await verify_store(store)
+    second = await verify_store(store, incremental=True)
     assert second.ok and second.resumed_after == first.store_head[0]
     assert second.events_checked == 9 and second.store_head[0] > first.store_head[0]
     assert read[0] == 1 + 3  # the remembered head's row, then the new events
     read[0] = 0
-    again = await verify_store(store)
+    again = await verify_store(store, incremental=True)
     assert again.ok and again.store_head == second.store_head and read[0] == 1
     read[0] = 0
-    full = await verify_store(store, full=True)
+    full = await verify_store(store)
     assert full.ok and full.resumed_after is None and read[0] == 9
     assert full.store_head == second.store_head
 
@@ -204,12 +204,12 @@ async def test_an_incremental_run_continues_each_session_chain(store):
     memory["heads"]["s0"][1] = "0" * 63 + "1"
     await store.save_projection("agent_trace.verified", orjson.dumps(memory).decode(),
                                 checkpoint, checkpoint)  # fmt: skip
-    result = await verify_store(store)
+    result = await verify_store(store, incremental=True)
     assert not result.ok and [f.session_id for f in result.failures] == ["s0"]
     assert result.failures[0].first_bad_version == 3
     # A full run reads the store itself: intact, and it rewrites the memory.
-    assert (await verify_store(store, full=True)).ok
     assert (await verify_store(store)).ok
+    assert (await verify_store(store, incremental=True)).ok
 
 
 async def test_a_changed_or_vanished_head_fails_an_incremental_run(store):
@@ -225,11 +225,11 @@ async def test_a_changed_or_vanished_head_fails_an_incremental_run(store):
     ):
         forged = orjson.dumps({**memory, **change}).decode()
         await store.save_projection("agent_trace.verified", forged, checkpoint, checkpoint)
-        result = await verify_store(store)
+        result = await verify_store(store, incremental=True)
         assert not result.ok and result.failures[0].session_id == "*"
         assert words in (result.failures[0].reason or "")
         # A failed run leaves the memory as it was: the next run fails the same way.
         assert (await store.load_projection("agent_trace.verified"))[0] == forged
-        assert (await verify_store(store, full=True)).ok
+        assert (await verify_store(store)).ok
         state, checkpoint = await store.load_projection("agent_trace.verified")
         assert orjson.loads(state) == memory
