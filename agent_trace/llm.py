@@ -32,6 +32,7 @@ __all__ = [
     "finish_reasons_of",
     "response_fields",
     "response_model_of",
+    "token_counts",
     "usage_of",
 ]
 
@@ -94,6 +95,13 @@ def normalize_usage(usage: Any) -> dict[str, int]:
         if value is not None:
             out[key] = value
     return out
+
+
+def token_counts(usage: Mapping[str, Any]) -> tuple[int, int, int]:
+    """(input, output, total) tokens of a recorded ``usage`` dict; total = in + out if absent."""
+    inp, out = _int(usage.get("input_tokens")) or 0, _int(usage.get("output_tokens")) or 0
+    raw = usage.get("total_tokens")
+    return inp, out, inp + out if raw is None else (_int(raw) or 0)
 
 
 def response_model_of(response: Any) -> str | None:

@@ -25,6 +25,7 @@ crash or a conflict.
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import contextlib
 import gc
@@ -37,6 +38,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 import orjson
 
 from agent_trace.events import AgentEvent
+from agent_trace.llm import token_counts
 from agent_trace.prices import ModelPrices, llm_cost
 from agent_trace.stores.base import ProjectionConflict, ProjectionStore, check_projection_name
 
@@ -134,7 +136,7 @@ def _handler(cls: type, event_type: str) -> Callable[..., Any] | None:
         return found
 
 
-class KeyedProjection(Projection[dict[str, Any]]):
+class KeyedProjection(Projection[dict[str, Any]], abc.ABC):
     """A view made of independent entries, one per key: a session, a tool, a model.
 
     Define ``key(event)`` (the entry the event changes, a string; None: no
@@ -150,13 +152,13 @@ class KeyedProjection(Projection[dict[str, Any]]):
     def initial(self) -> dict[str, Any]:
         return {}
 
+    @abc.abstractmethod
     def key(self, event: AgentEvent) -> str | None:
         """The key of the entry ``event`` changes, or None if it changes none."""
-        raise NotImplementedError(f"{type(self).__name__} must define key(event)")
 
+    @abc.abstractmethod
     def apply_entry(self, entry: Any, event: AgentEvent) -> Any:
         """The entry after ``event`` (``entry`` None: a new key); None removes it."""
-        raise NotImplementedError(f"{type(self).__name__} must define apply_entry(entry, event)")
 
     def apply(self, state: dict[str, Any], event: AgentEvent) -> dict[str, Any]:
         """``state`` with the entry of ``key(event)`` replaced by ``apply_entry``."""
@@ -385,11 +387,10 @@ def _apply_summary(s: dict[str, Any], ev: AgentEvent) -> None:
         s["llm_calls"] += 1
         usage = p.get("usage")
         if isinstance(usage, dict):
-            inp, out = _int(usage.get("input_tokens")), _int(usage.get("output_tokens"))
-            total = usage.get("total_tokens")
+            inp, out, total = token_counts(usage)
             s["input_tokens"] += inp
             s["output_tokens"] += out
-            s["total_tokens"] += _int(total) if total is not None else inp + out
+            s["total_tokens"] += total
         cost = llm_cost(ev)
         if cost is not None:
             s["cost_usd"] = (s.get("cost_usd") or 0.0) + cost
@@ -646,11 +647,10 @@ class CostPerModel(KeyedProjection):
         p = event.payload
         usage = p.get("usage")
         if isinstance(usage, dict):
-            inp, out = _int(usage.get("input_tokens")), _int(usage.get("output_tokens"))
-            total = usage.get("total_tokens")
+            inp, out, total = token_counts(usage)
             m["input_tokens"] += inp
             m["output_tokens"] += out
-            m["total_tokens"] += _int(total) if total is not None else inp + out
+            m["total_tokens"] += total
             for key in ("cache_read_tokens", "cache_write_tokens", "reasoning_tokens"):
                 m[key] = m.get(key, 0) + _int(usage.get(key))
             own = self.prices.get(self.key(event) or "unknown")

@@ -28,6 +28,7 @@ lives on the client and never reaches an event.
 
 from __future__ import annotations
 
+import abc
 import contextvars
 import threading
 from collections.abc import Callable
@@ -76,18 +77,19 @@ class Target:
     shape: str  # what it returns: "chat", "responses", "embeddings", "messages", "message_stream"
 
 
-class SDK:
+class SDK(abc.ABC):
     """What differs between SDKs; subclassed by the OpenAI and Anthropic modules."""
 
     provider: str = ""
     targets: tuple[Target, ...] = ()
 
+    @abc.abstractmethod
     def assembler(self, shape: str) -> Assembler:
-        raise NotImplementedError
+        """What rebuilds the non-streaming response from this shape's chunks."""
 
+    @abc.abstractmethod
     def sse(self, shape: str, response: Any, chunks: int | None) -> bytes:
         """Server-sent events that the SDK parses back into the recorded stream."""
-        raise NotImplementedError
 
     #: The SDK's package (``openai``, ``anthropic``) and its (sync, async) client classes.
     module: Any = None

@@ -37,6 +37,7 @@ from agent_trace.events import (
     check_event,
     event_from_values,
 )
+from agent_trace.llm import token_counts
 
 __all__ = [
     "EventStore",
@@ -750,9 +751,7 @@ def fold_index(
             return
         usage = p.get("usage")
         if isinstance(usage, dict):
-            inp, out = _count(usage.get("input_tokens")), _count(usage.get("output_tokens"))
-            raw_total = usage.get("total_tokens")
-            total = _count(raw_total) if raw_total is not None else inp + out
+            inp, out, total = token_counts(usage)
             e["input_tokens"] += inp
             e["output_tokens"] += out
             e["total_tokens"] += total

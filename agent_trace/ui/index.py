@@ -27,6 +27,7 @@ import orjson
 
 from agent_trace import projections
 from agent_trace.events import AgentEvent
+from agent_trace.llm import token_counts
 from agent_trace.projections import _apply_summary, _finish_summary, _new_summary, _percentile
 
 if TYPE_CHECKING:
@@ -327,9 +328,7 @@ class SessionIndex:
             return
         usage = p.get("usage")
         if isinstance(usage, dict):
-            inp, out = _count(usage.get("input_tokens")), _count(usage.get("output_tokens"))
-            total = usage.get("total_tokens")
-            total = _count(total) if total is not None else inp + out
+            inp, out, total = token_counts(usage)
             m["input_tokens"] += inp
             m["output_tokens"] += out
             m["total_tokens"] += total
